@@ -1,0 +1,80 @@
+"""`lmforge <verb>`: a thin dispatcher. Each verb lives in its own module with `add_arguments` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+
+from lmforge.errors import LmforgeError
+
+# verb -> (module under lmforge.cli, one-line help)
+VERBS = {
+    "prepare": ("prepare", "tokenize a corpus once into memory-mapped token files"),
+    "train": ("train", "train a language model from scratch or fine-tune one (YAML config + overrides)"),
+    "finetune": ("finetune", "fine-tune on source/target pairs (seq2seq or prompt->completion)"),
+    "generate": ("generate", "generate text with greedy, beam search or sampling"),
+    "score": ("score", "per-token log-probabilities, log-likelihood and perplexity of a text"),
+    "decode-compare": ("decode_compare", "compare decoding strategies on the same prompts, with a report"),
+    "evaluate": ("evaluate", "generate for a data set and score it with ROUGE, BLEU, chrF"),
+    "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype)"),
+    "info": ("info", "describe a checkpoint folder: family, size, context, vocabulary, dtype"),
+    "demo": ("demo", "train a small GPT offline, compare decoding strategies, write a report"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with status 2 and one sentence, naming the closest valid flag."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "unrecognized arguments:" in message:
+            bad = message.split("unrecognized arguments:", 1)[1].split()
+            flags = [s for a in self._actions for s in a.option_strings]
+            for b in bad:
+                if b.startswith("-"):
+                    close = difflib.get_close_matches(b.split("=")[0], flags, n=1)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    message = f"unknown option {b}{hint}"
+                    break
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmforge", description="lmforge: train, adapt, decode, evaluate language models.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for verb, (module, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(f"lmforge.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lmforge.cli.{module}":
+                raise
+            p.set_defaults(_missing=verb)
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"lmforge: '{args._missing}' is not available in this version yet.", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except LmforgeError as exc:
+        print(f"lmforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

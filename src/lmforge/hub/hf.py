@@ -1,0 +1,197 @@
+"""Read and write Hugging Face model folders: config.json, *.safetensors (or pytorch_model.bin), tokenizer.
+
+`load_folder` turns a folder into an lmforge model; `save_folder` writes a folder that
+`transformers.AutoModelForCausalLM.from_pretrained` (or AutoModelForSeq2SeqLM) loads with the same logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge.errors import LmforgeError
+from lmforge.fsutil import atomic_path
+from lmforge.hub.families import FAMILIES, WeightMap
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Checkpoint:
+    """A model with what travels with it. Unpacks as `model, tokenizer = lmforge.load(path)`."""
+
+    model: torch.nn.Module
+    tokenizer: object | None = None
+    generation_config: dict = field(default_factory=dict)
+    path: Path | None = None
+    stored_dtype: str = "float32"
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LmforgeError(f"{path} is not valid JSON ({exc}); the folder may be corrupt") from exc
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LmforgeError(f"model folder {folder} does not exist")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise LmforgeError(f"{folder} has no config.json; give a Hugging Face or lmforge model folder")
+    hf = read_json(path)
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise LmforgeError(f"{path}: model_type {model_type!r} is not supported; "
+                           f"supported: {', '.join(sorted(FAMILIES))}")
+    return hf
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a folder: model.safetensors, a sharded index, or pytorch_model.bin (weights only)."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    try:
+        if single.is_file():
+            return load_file(single)
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            if not shards:
+                raise LmforgeError(f"{index} lists no weight files")
+            state = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise LmforgeError(f"shard {shard} named in {index.name} is missing from {folder}")
+                state.update(load_file(folder / shard))
+            return state
+        bins = sorted(folder.glob("pytorch_model*.bin"))
+        if bins:
+            state = {}
+            for b in bins:
+                state.update(torch.load(b, map_location="cpu", weights_only=True, mmap=True))
+            return state
+    except SafetensorError as exc:
+        raise LmforgeError(f"the weights in {folder} are corrupt or truncated ({exc}); re-download or re-save them") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        if isinstance(exc, LmforgeError):
+            raise
+        raise LmforgeError(f"the weights in {folder} could not be read ({exc}); the file may be truncated") from exc
+    raise LmforgeError(f"{folder} has no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
+
+
+def import_weights(hf_state: dict[str, torch.Tensor], maps: list[WeightMap], model: torch.nn.Module,
+                   optional_prefix: str, source: str) -> dict[str, torch.Tensor]:
+    """Translate Hugging Face tensors to lmforge names, checking that none is missing, extra or misshapen."""
+    state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    if optional_prefix and not any(k.startswith(optional_prefix) for k in state):
+        state = {optional_prefix + k: v for k, v in state.items()}
+    expected = model.state_dict()
+    ours: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for m in maps:
+        if m.ours not in expected:  # a bias-free model stored with the zero biases its format requires
+            used.update(m.theirs)
+            continue
+        missing = [t for t in m.theirs if t not in state]
+        if missing:
+            raise LmforgeError(f"{source} is missing the tensor {missing[0]}")
+        parts = [state[t].t() if m.transpose else state[t] for t in m.theirs]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if tuple(tensor.shape) != tuple(expected[m.ours].shape):
+            raise LmforgeError(f"{source}: tensor {m.theirs[0]} has shape {tuple(state[m.theirs[0]].shape)}, "
+                               f"which does not match config.json (expected {tuple(expected[m.ours].shape)} for {m.ours})")
+        ours[m.ours] = tensor
+        used.update(m.theirs)
+    head = "lm_head.weight"
+    if head in state:
+        used.add(head)
+        if not model.config.tie_word_embeddings:
+            ours[head] = state[head]
+    elif not model.config.tie_word_embeddings:
+        raise LmforgeError(f"{source} is missing the tensor {head} (the config says the output head is untied)")
+    extra = sorted(set(state) - used)
+    if extra:
+        raise LmforgeError(f"{source} has the unexpected tensor {extra[0]}" +
+                           (f" and {len(extra) - 1} more" if len(extra) > 1 else "") + "; it does not fit config.json")
+    return ours
+
+
+def export_weights(model: torch.nn.Module, maps: list[WeightMap]) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for m in maps:
+        if m.ours not in state:  # a bias-free lmforge model written to a family whose format has biases
+            weight = state[m.ours.rsplit(".", 1)[0] + ".weight"]
+            out[m.theirs[0]] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+            continue
+        tensor = state[m.ours]
+        parts = tensor.split(list(m.sizes), dim=0) if m.sizes else [tensor]
+        for name, part in zip(m.theirs, parts):
+            out[name] = (part.t() if m.transpose else part).contiguous()
+    if not model.config.tie_word_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"].contiguous()
+    return out
+
+
+def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
+    """Load a Hugging Face or lmforge model folder. `dtype=None` keeps the stored dtype."""
+    from lmforge.models.decoder import DecoderLM
+    from lmforge.tokenizer import Tokenizer
+
+    folder = Path(folder)
+    hf = read_config(folder)
+    family = FAMILIES[hf["model_type"]]
+    config = family.config_from_hf(hf)
+    hf_state = read_state_dict(folder)
+    with torch.device("meta"):
+        model = DecoderLM(config)
+    maps = family.weight_map(config)
+    state = import_weights(hf_state, maps, model, family.optional_prefix, str(folder))
+    stored = next(iter(state.values())).dtype
+    target = DTYPES[dtype] if dtype else stored
+    model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False, assign=True)
+    if model.rotary is not None:  # a non-persistent buffer, still on the meta device
+        model.rotary.reset()
+    model.tie_weights()
+    model.to(device).eval()
+    tokenizer = None
+    if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        tokenizer = Tokenizer.from_pretrained(folder)
+    gen_path = folder / "generation_config.json"
+    generation_config = read_json(gen_path) if gen_path.is_file() else {}
+    stored_name = {v: k for k, v in DTYPES.items()}.get(stored, str(stored))
+    return Checkpoint(model, tokenizer, generation_config, folder, stored_name)
+
+
+def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=None,
+                generation_config: dict | None = None, dtype: str | None = None) -> Path:
+    """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
+    folder = Path(folder)
+    family = FAMILIES[model.config.family]
+    hf = family.config_to_hf(model.config)
+    state = export_weights(model, family.weight_map(model.config))
+    if dtype:
+        state = {k: v.to(DTYPES[dtype]) for k, v in state.items()}
+    dtype_name = {v: k for k, v in DTYPES.items()}[next(iter(state.values())).dtype]
+    c = model.config
+    hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+              dtype=dtype_name, torch_dtype=dtype_name)
+    hf = {k: v for k, v in hf.items() if v is not None}
+    with atomic_path(folder, is_dir=True) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if generation_config:
+            (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+    return folder

@@ -1,0 +1,169 @@
+"""DecoderLM: one decoder-only transformer for GPT-2, OPT and the Llama family (llama, mistral, qwen2).
+
+Read top to bottom: attention, block, model. The family differences are knobs of `ModelConfig`:
+learned or rotary positions, LayerNorm or RMSNorm, GELU/ReLU or SwiGLU, biases, grouped-query
+attention, tied or untied output head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.errors import LmforgeError
+from lmforge.models.cache import KVCache
+from lmforge.models.layers import (
+    MLP,
+    RotaryEmbedding,
+    apply_rotary,
+    attention,
+    causal_padding_mask,
+    init_gpt2_style,
+    make_norm,
+    scaled_residual_std,
+)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.attn = SelfAttention(cfg, layer)
+        self.ln2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, cfg.activation, cfg.gated_mlp, cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, is_causal, rope, cache):
+        x = x + self.drop(self.attn(self.ln1(x), mask, is_causal, rope, cache))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class DecoderLM(nn.Module):
+    is_encoder_decoder = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.position == "learned":
+            self.wpe = nn.Embedding(cfg.block_size + cfg.position_offset, cfg.n_embd)
+            self.rotary = None
+        else:
+            self.wpe = None
+            self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
+        std = self.config.initializer_range
+        self.apply(lambda m: init_gpt2_style(m, std))
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, std=scaled_residual_std(std, self.config.n_layer))
+            nn.init.normal_(block.mlp.proj.weight, std=scaled_residual_std(std, self.config.n_layer))
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.wte.weight
+        c = self.config
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, p.device, p.dtype)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normed hidden states (B, T, n_embd) of the new tokens `input_ids`.
+
+        `attention_mask` (B, past + T) marks real tokens with 1 and left padding with 0, as in
+        transformers; position ids then skip the padding. With a `cache`, the new keys and values
+        are appended to it.
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        total = past + T
+        if total > cfg.block_size:
+            raise LmforgeError(f"the sequence ({total} tokens) is longer than the model's context "
+                               f"({cfg.block_size} tokens)")
+        if cfg.sliding_window is not None and total > cfg.sliding_window:
+            raise LmforgeError(f"the sequence ({total} tokens) exceeds the sliding window "
+                               f"({cfg.sliding_window}); sliding-window attention is not supported")
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
+        x = self.wte(input_ids)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids + cfg.position_offset)
+        else:
+            rope = self.rotary(position_ids, x.dtype)
+        x = self.drop(x)
+        mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
+        for block in self.blocks:
+            x = block(x, mask, is_causal, rope, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.ln_f(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) — or (B, 1, vocab) for the last position only with `last_only`."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(h)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy; targets equal to `ignore_index` do not count."""
+        logits = self(input_ids)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, past: int, new: int,
+                        device: torch.device) -> torch.Tensor:
+    """Position ids of the new tokens: counting only real tokens, so left padding does not shift them."""
+    if attention_mask is None:
+        return torch.arange(past, past + new, device=device)[None]
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 1)
+    return pos[:, past:past + new]

@@ -1,0 +1,68 @@
+"""Tiny random Hugging Face models built locally from configs (no download), shared by the parity tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 97
+
+
+def tiny_hf_model(kind: str, seed: int = 0):
+    """A seeded float32 transformers causal LM. Kinds: gpt2, opt, llama, llama-tied, mistral, qwen2."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if kind == "gpt2":
+        cfg = tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, **common)
+        cls = tf.GPT2LMHeadModel
+    elif kind == "opt":
+        cfg = tf.OPTConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, ffn_dim=48,
+                           word_embed_proj_dim=32, max_position_embeddings=64, **common)
+        cls = tf.OPTForCausalLM
+    elif kind in ("llama", "llama-tied"):
+        cfg = tf.LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                             intermediate_size=56, max_position_embeddings=64, rope_theta=500.0,
+                             tie_word_embeddings=kind == "llama-tied", **common)
+        cls = tf.LlamaForCausalLM
+    elif kind == "mistral":
+        cfg = tf.MistralConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
+                               intermediate_size=40, max_position_embeddings=64, sliding_window=64, **common)
+        cls = tf.MistralForCausalLM
+    elif kind == "qwen2":
+        cfg = tf.Qwen2Config(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                             intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=True, **common)
+        cls = tf.Qwen2ForCausalLM
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    model = cls(cfg).float().eval()
+    # random init leaves biases and norms at 0/1: randomise them so the parity test sees them
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_tiny(kind: str, folder: Path, seed: int = 0):
+    model = tiny_hf_model(kind, seed)
+    model.save_pretrained(folder)
+    return model
+
+
+def left_padded_batch(seed: int = 0, batch: int = 3, length: int = 12, vocab: int = VOCAB):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        pad = min(length - 2, 3 * row)
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids, mask
+
+
+def hf_position_ids(mask: torch.Tensor) -> torch.Tensor:
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)

@@ -9,6 +9,7 @@ Hugging Face tensors: several are concatenated along dim 0 (fused q/k/v, fused g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
@@ -181,11 +182,12 @@ def llama_weight_map(c: ModelConfig) -> list[WeightMap]:
 
 @dataclass(frozen=True)
 class Family:
-    config_from_hf: callable
-    config_to_hf: callable
-    weight_map: callable
-    # prefixes some checkpoints omit (saved from the base model rather than the LM-head model)
+    config_from_hf: Callable[[dict], Any]
+    config_to_hf: Callable[[Any], dict]
+    weight_map: Callable[[Any], list[WeightMap]]
+    # prefix some checkpoints omit (saved from the base model rather than the LM-head model)
     optional_prefix: str = ""
+    model_class: str = "lmforge.models.decoder.DecoderLM"  # imported lazily
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(gpt2_config_from_hf, gpt2_config_to_hf, gpt2_weight_map, "transformer."),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -145,7 +146,6 @@ def export_weights(model: torch.nn.Module, maps: list[WeightMap]) -> dict[str, t
 
 def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
     """Load a Hugging Face or lmforge model folder. `dtype=None` keeps the stored dtype."""
-    from lmforge.models.decoder import DecoderLM
     from lmforge.tokenizer import Tokenizer
 
     folder = Path(folder)
@@ -153,15 +153,18 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
     hf_state = read_state_dict(folder)
+    module_name, class_name = family.model_class.rsplit(".", 1)
+    model_class = getattr(importlib.import_module(module_name), class_name)
     with torch.device("meta"):
-        model = DecoderLM(config)
+        model = model_class(config)
     maps = family.weight_map(config)
     state = import_weights(hf_state, maps, model, family.optional_prefix, str(folder))
     stored = next(iter(state.values())).dtype
     target = DTYPES[dtype] if dtype else stored
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False, assign=True)
-    if model.rotary is not None:  # a non-persistent buffer, still on the meta device
-        model.rotary.reset()
+    for module in model.modules():  # non-persistent buffers are still on the meta device
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()
     model.tie_weights()
     model.to(device).eval()
     tokenizer = None
@@ -177,7 +180,7 @@ def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=Non
                 generation_config: dict | None = None, dtype: str | None = None) -> Path:
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
     folder = Path(folder)
-    family = FAMILIES[model.config.family]
+    family = FAMILIES[model.config.family]  # the config family is the HF model_type
     hf = family.config_to_hf(model.config)
     state = export_weights(model, family.weight_map(model.config))
     if dtype:

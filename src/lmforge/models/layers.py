@@ -70,7 +70,7 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device="cpu").float() / self.head_dim
         return 1.0 / (self.theta ** exponents)
 
-    def reset(self) -> None:
+    def reset_buffers(self) -> None:
         """Recompute the frequencies (after the model was built on the meta device)."""
         self.inv_freq = self._inv_freq()
 

@@ -1,0 +1,135 @@
+"""Decoding sessions: the only thing the search strategies know about a model.
+
+A search strategy (greedy, sampling, beam, group beam, contrastive) asks a session for next-token
+logits, feeds it the tokens it chose, and reorders its rows when beams are expanded or reshuffled.
+It never sees the model kind, the KV cache, position ids or attention masks. A decoder-only model
+is wrapped by :class:`DecoderOnlySession`; an encoder-decoder model implements the same contract
+as ``Seq2SeqSession`` (encoder run once in ``start``, decoder with self- and cross-attention cache,
+fed ``decoder_start_token_id`` first).
+
+The contract (:class:`DecodingSession`):
+
+``start(input_ids, attention_mask, max_new_tokens) -> logits``
+    Run the prompt (decoder-only) or the encoder input plus the decoder start token
+    (encoder-decoder). ``input_ids`` is (B, T) with *left* padding, ``attention_mask`` (B, T) marks
+    real tokens with 1 (None: no padding). Capacity for ``max_new_tokens`` further steps is
+    reserved. Returns float32 logits (B, V) of the first new token.
+``prefix_ids``, ``prefix_mask``
+    (B, P) output-side tokens that precede the generated ones, and their mask: the padded prompt
+    and its attention mask for a decoder-only model, the decoder start token (mask 1) for an
+    encoder-decoder. Logits processors see ``cat(prefix_ids, generated)``; repetition penalties
+    ignore positions where ``prefix_mask`` is 0. Reordered together with the rows.
+``step(tokens) -> logits``
+    Feed one new token per row, ``tokens`` (B,) long; returns logits (B, V) of the next token.
+``reorder(index)``
+    Keep rows ``index`` (1-D long tensor, any length, repeats allowed): beam reshuffling, or
+    expanding B prompts to B * num_beams rows after ``start``. Later calls see the new batch.
+``hidden``
+    With ``output_hidden=True`` at construction: final (normed) decoder hidden states (B, T, H) of
+    the tokens fed by the last ``start`` (T = P) or ``step`` (T = 1) call; used by contrastive
+    search. None otherwise.
+``batch_size``
+    Current number of rows.
+
+Logits are computed for the last position only; the session never holds more than one step of
+hidden states. Sessions are used under ``torch.inference_mode()`` by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from lmforge.errors import LmforgeError
+
+
+class DecodingSession(Protocol):
+    prefix_ids: torch.Tensor
+    prefix_mask: torch.Tensor
+    hidden: torch.Tensor | None
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              max_new_tokens: int) -> torch.Tensor: ...
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+
+class DecoderOnlySession:
+    """A DecoderLM and its KV cache, preallocated to prompt + max_new_tokens positions.
+
+    Per step it passes explicit position ids and the running attention mask, so nothing is
+    recomputed from the whole history.
+    """
+
+    def __init__(self, model: torch.nn.Module, output_hidden: bool = False):
+        self.model = model
+        self.output_hidden = output_hidden
+        self.hidden: torch.Tensor | None = None
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # (B, capacity) 1 for real tokens, filled up to cache.length
+        self.positions: torch.Tensor | None = None  # (B, 1) position id of the last token fed
+        self.padded = False
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.block_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.prefix_ids.shape[0]
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              max_new_tokens: int) -> torch.Tensor:
+        B, T = input_ids.shape
+        if T == 0:
+            raise LmforgeError("the prompt is empty; give at least one token (e.g. the BOS token)")
+        capacity = T + max_new_tokens
+        if capacity > self.context_length:
+            raise LmforgeError(f"the prompt ({T} tokens) plus max_new_tokens ({max_new_tokens}) is longer than "
+                               f"the model's context ({self.context_length} tokens); shorten the prompt, "
+                               "lower max_new_tokens, or truncate the prompt on the left")
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.long, device=device)
+        attention_mask = attention_mask.to(device=device, dtype=torch.long)
+        self.padded = not bool(attention_mask.all())
+        self.prefix_ids, self.prefix_mask = input_ids, attention_mask
+        self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)
+        self.mask[:, :T] = attention_mask
+        self.cache = self.model.new_cache(B, capacity)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.positions = positions[:, -1:]
+        return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.positions = self.positions + 1
+        return self._forward(tokens.view(-1, 1), self.positions)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        end = self.cache.length + ids.shape[1]
+        mask = self.mask[:, :end] if self.padded else None
+        h = self.model.hidden_states(ids, attention_mask=mask, position_ids=positions, cache=self.cache)
+        self.hidden = h if self.output_hidden else None
+        return self.model.lm_head(h[:, -1]).float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+        self.mask = self.mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        self.prefix_ids = self.prefix_ids.index_select(0, index)
+        self.prefix_mask = self.prefix_mask.index_select(0, index)
+        if self.hidden is not None:
+            self.hidden = self.hidden.index_select(0, index)
+
+
+def open_session(model: torch.nn.Module, output_hidden: bool = False) -> DecodingSession:
+    """The session for `model`'s kind (decoder-only here; encoder-decoder models add theirs)."""
+    if getattr(model, "is_encoder_decoder", False):
+        raise LmforgeError(f"{type(model).__name__} is an encoder-decoder model and has no decoding session yet")
+    return DecoderOnlySession(model, output_hidden=output_hidden)

@@ -1,0 +1,47 @@
+"""`lmforge info PATH`: what a checkpoint folder holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmforge.hub.hf import load_folder
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a Hugging Face or lmforge model folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def describe(path: str) -> dict:
+    ckpt = load_folder(path, dtype=None)
+    model, cfg = ckpt.model, ckpt.model.config
+    context = getattr(cfg, "block_size", None) or getattr(cfg, "max_position_embeddings", None)
+    return {
+        "path": str(path),
+        "family": cfg.family,
+        "architecture": "encoder-decoder" if getattr(model, "is_encoder_decoder", False) else "decoder-only",
+        "parameters": model.num_parameters(),
+        "context_length": context,
+        "vocab_size": cfg.vocab_size,
+        "dtype": ckpt.stored_dtype,
+        "tokenizer": ckpt.tokenizer.kind if ckpt.tokenizer is not None else None,
+        "tokenizer_vocab_size": ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else None,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.path)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    millions = info["parameters"] / 1e6
+    print(f"{info['path']}")
+    print(f"  family        {info['family']} ({info['architecture']})")
+    print(f"  parameters    {info['parameters']:,} ({millions:.2f} M)")
+    print(f"  context       {info['context_length']} tokens")
+    print(f"  vocabulary    {info['vocab_size']:,}")
+    print(f"  dtype         {info['dtype']}")
+    tok = info["tokenizer"]
+    print(f"  tokenizer     {tok + ' (' + format(info['tokenizer_vocab_size'], ',') + ' tokens)' if tok else 'none'}")
+    return 0

@@ -30,6 +30,9 @@ The contract (:class:`DecodingSession`):
     search. None otherwise.
 ``batch_size``
     Current number of rows.
+``prompt_limit(max_new_tokens) -> int | None``
+    The longest prompt (``input_ids`` width) that leaves room for ``max_new_tokens``; None if
+    unlimited. ``generate`` checks it before ``start`` (to explain or to truncate the prompt).
 
 Logits are computed for the last position only; the session never holds more than one step of
 hidden states. Sessions are used under ``torch.inference_mode()`` by the caller.
@@ -59,6 +62,8 @@ class DecodingSession(Protocol):
 
     def reorder(self, index: torch.Tensor) -> None: ...
 
+    def prompt_limit(self, max_new_tokens: int) -> int | None: ...
+
 
 class DecoderOnlySession:
     """A DecoderLM and its KV cache, preallocated to prompt + max_new_tokens positions.
@@ -79,6 +84,9 @@ class DecoderOnlySession:
     @property
     def context_length(self) -> int:
         return self.model.config.block_size
+
+    def prompt_limit(self, max_new_tokens: int) -> int | None:
+        return self.context_length - max_new_tokens
 
     @property
     def batch_size(self) -> int:

@@ -66,3 +66,61 @@ def left_padded_batch(seed: int = 0, batch: int = 3, length: int = 12, vocab: in
 def hf_position_ids(mask: torch.Tensor) -> torch.Tensor:
     pos = mask.long().cumsum(-1) - 1
     return pos.masked_fill(mask == 0, 1)
+
+
+SEQ2SEQ_KINDS = ("bart", "t5", "t5-v1_1")
+
+
+def tiny_hf_seq2seq(kind: str, seed: int = 0):
+    """A seeded float32 transformers seq2seq LM. Kinds: bart, t5 (v1.0: ReLU, tied head rescaled by
+    d_model**-0.5), t5-v1_1 (gated-GELU, untied head, no rescale)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if kind == "bart":
+        cfg = tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                            decoder_ffn_dim=48, max_position_embeddings=64, scale_embedding=True, init_std=0.2,
+                            bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+        model = tf.BartForConditionalGeneration(cfg)
+    elif kind in ("t5", "t5-v1_1"):
+        v1_1 = kind == "t5-v1_1"
+        cfg = tf.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+                          num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                          feed_forward_proj="gated-gelu" if v1_1 else "relu", tie_word_embeddings=not v1_1,
+                          pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        model = tf.T5ForConditionalGeneration(cfg)
+        if v1_1:  # transformers >= 5 ties every T5 head; a head that differs from the embeddings stays untied
+            model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 32))
+    else:
+        raise ValueError(kind)
+    model = model.float().eval()
+    # random init leaves biases and norms at 0/1: randomise them so the parity test sees them
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        if kind == "bart":
+            model.final_logits_bias.normal_(0, 0.1)
+    return model
+
+
+def save_tiny_seq2seq(kind: str, folder: Path, seed: int = 0):
+    model = tiny_hf_seq2seq(kind, seed)
+    model.save_pretrained(folder)
+    return model
+
+
+def seq2seq_batch(seed: int = 0, batch: int = 3, source: int = 11, target: int = 7, start: int = 0,
+                  vocab: int = VOCAB):
+    """Right-padded encoder inputs and right-padded decoder inputs (starting with `start`) with their masks."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, source), generator=g)
+    mask = torch.ones(batch, source, dtype=torch.long)
+    dec = torch.randint(3, vocab, (batch, target), generator=g)
+    dec[:, 0] = start
+    dec_mask = torch.ones(batch, target, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, source - 3 * row:] = 0
+        dec_mask[row, target - 2 * row:] = 0
+    return ids, mask, dec, dec_mask

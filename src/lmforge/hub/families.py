@@ -20,6 +20,8 @@ class WeightMap:
     theirs: tuple[str, ...]
     sizes: tuple[int, ...] | None = None  # split sizes along dim 0 when `theirs` has several tensors
     transpose: bool = False
+    aliases: tuple[str, ...] = ()  # other names of the same tensor, accepted on import, never written
+    optional: bool = False  # absent from some checkpoints, and zeros then (BART's final_logits_bias)
 
 def _refuse(family: str, field: str, value, why: str) -> None:
     raise LmforgeError(f"{family} checkpoints with {field}={value!r} are not supported ({why})")
@@ -188,6 +190,7 @@ class Family:
     # prefix some checkpoints omit (saved from the base model rather than the LM-head model)
     optional_prefix: str = ""
     model_class: str = "lmforge.models.decoder.DecoderLM"  # imported lazily
+    unused: tuple[str, ...] = ()  # tensors some checkpoints hold that the model never reads
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(gpt2_config_from_hf, gpt2_config_to_hf, gpt2_weight_map, "transformer."),
@@ -197,3 +200,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, "model."),
 }
 
+# The encoder-decoder families (BART, T5) live in their own module, which imports WeightMap and Family from here.
+from lmforge.hub.seq2seq_families import SEQ2SEQ_FAMILIES
+
+FAMILIES.update(SEQ2SEQ_FAMILIES)

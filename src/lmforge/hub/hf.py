@@ -103,20 +103,33 @@ def import_weights(hf_state: dict[str, torch.Tensor], maps: list[WeightMap], mod
         if m.ours not in expected:  # a bias-free model stored with the zero biases its format requires
             used.update(m.theirs)
             continue
-        missing = [t for t in m.theirs if t not in state]
+        aliases = [a for a in m.aliases if a in state]
+        theirs = (aliases[0],) if aliases and m.theirs[0] not in state else m.theirs
+        missing = [t for t in theirs if t not in state]
+        if missing and m.optional:
+            ours[m.ours] = torch.zeros(expected[m.ours].shape, dtype=next(iter(state.values())).dtype)
+            continue
         if missing:
             raise LmforgeError(f"{source} is missing the tensor {missing[0]}")
-        parts = [state[t].t() if m.transpose else state[t] for t in m.theirs]
+        parts = [state[t].t() if m.transpose else state[t] for t in theirs]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        if tuple(tensor.shape) != tuple(expected[m.ours].shape):
-            raise LmforgeError(f"{source}: tensor {m.theirs[0]} has shape {tuple(state[m.theirs[0]].shape)}, "
-                               f"which does not match config.json (expected {tuple(expected[m.ours].shape)} for {m.ours})")
+        for name, shape in [(theirs[0], tensor.shape), *((a, state[a].shape) for a in aliases)]:
+            if tuple(shape) != tuple(expected[m.ours].shape):
+                raise LmforgeError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, which does not "
+                                   f"match config.json (expected {tuple(expected[m.ours].shape)} for {m.ours})")
         ours[m.ours] = tensor
-        used.update(m.theirs)
+        used.update(theirs, aliases)
     head = "lm_head.weight"
     if head in state:
         used.add(head)
+        if model.config.tie_word_embeddings:
+            embedding = next(n for n, p in model.named_parameters() if p is model.lm_head.weight)
+            if not torch.equal(state[head], ours[embedding]):  # transformers unties such a head, and so do we
+                model.config.tie_word_embeddings = False
         if not model.config.tie_word_embeddings:
+            if tuple(state[head].shape) != tuple(expected[head].shape):
+                raise LmforgeError(f"{source}: tensor {head} has shape {tuple(state[head].shape)}, which does not "
+                                   f"match config.json (expected {tuple(expected[head].shape)})")
             ours[head] = state[head]
     elif not model.config.tie_word_embeddings:
         raise LmforgeError(f"{source} is missing the tensor {head} (the config says the output head is untied)")
@@ -152,7 +165,7 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     hf = read_config(folder)
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
-    hf_state = read_state_dict(folder)
+    hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
     module_name, class_name = family.model_class.rsplit(".", 1)
     model_class = getattr(importlib.import_module(module_name), class_name)
     with torch.device("meta"):

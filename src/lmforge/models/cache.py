@@ -40,3 +40,42 @@ class KVCache:
         """Select batch rows (beam search reordering, or expanding a prefill to several beams)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+
+class EncDecCache:
+    """The decoder's cache in an encoder-decoder model.
+
+    Self-attention keys/values grow with every decoded token in a preallocated `KVCache`; the
+    cross-attention keys/values of every layer depend only on the encoder output, so the first
+    `decode` computes them and later steps reuse them (`cross`: one (keys, values) pair per layer,
+    shaped (batch, heads, source_len, head_dim)).
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.self_attn = KVCache(n_layer, batch, n_head, max_len, head_dim, device, dtype)
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def length(self) -> int:
+        return self.self_attn.length
+
+    @property
+    def max_len(self) -> int:
+        return self.self_attn.max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.self_attn.batch_size
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.self_attn.update(layer, k, v)
+
+    def advance(self, n: int) -> None:
+        self.self_attn.advance(n)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows of both caches (beam search reordering, or expanding to several beams)."""
+        self.self_attn.reorder(index)
+        if self.cross is not None:
+            self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]

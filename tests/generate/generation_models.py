@@ -1,0 +1,70 @@
+"""Helpers for the generation tests: a tiny random GPT-2 with a real byte-level BPE tokenizer, and a
+fake decoding session whose logits and hidden states are given tables (no model at all)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmforge.tokenizer import Tokenizer
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Café crème, naïve façade, déjà vu — "
+        "le cœur a ses raisons. 日本語のテキスト。 ") * 20
+
+
+def save_tiny_with_tokenizer(folder: Path, seed: int = 0, n_positions: int = 64):
+    """A random transformers GPT-2 over a 300-token byte-level BPE; EOS = BOS = <|endoftext|>."""
+    import transformers as tf
+
+    tok = Tokenizer.train_bpe([TEXT], vocab_size=300, min_frequency=1)
+    eos = tok.eos_token_id
+    cfg = tf.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size,
+                        bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    model = tf.GPT2LMHeadModel(cfg).float().eval()
+    with torch.no_grad():  # a sharper distribution than the near-uniform random init
+        model.lm_head.weight.mul_(40)
+    model.save_pretrained(folder)
+    tok.save(folder)
+    return model, tok
+
+
+class TableSession:
+    """A DecodingSession whose next-token logits depend only on the last token fed
+    (`logits[token]`), and whose hidden state of a token is `hidden[token]`."""
+
+    def __init__(self, logits: torch.Tensor, hidden: torch.Tensor | None = None, output_hidden: bool = False):
+        self.table, self.embed = logits.float(), hidden
+        self.output_hidden = output_hidden
+        self.hidden = None
+        self.calls = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.prefix_ids.shape[0]
+
+    def prompt_limit(self, max_new_tokens: int) -> int | None:
+        return None
+
+    def start(self, input_ids, attention_mask, max_new_tokens):
+        self.prefix_ids = input_ids
+        self.prefix_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        self.last = input_ids[:, -1]
+        if self.output_hidden:
+            self.hidden = self.embed[input_ids]
+        return self.table[self.last]
+
+    def step(self, tokens):
+        self.calls += 1
+        self.last = tokens
+        if self.output_hidden:
+            self.hidden = self.embed[tokens][:, None]
+        return self.table[tokens]
+
+    def reorder(self, index):
+        self.prefix_ids = self.prefix_ids.index_select(0, index)
+        self.prefix_mask = self.prefix_mask.index_select(0, index)
+        self.last = self.last.index_select(0, index)
+        if self.hidden is not None:
+            self.hidden = self.hidden.index_select(0, index)

@@ -1,0 +1,1 @@
+"""Decoding: logits processors, stop strings, streaming detokenization and search strategies."""

@@ -71,21 +71,22 @@ def hf_position_ids(mask: torch.Tensor) -> torch.Tensor:
 SEQ2SEQ_KINDS = ("bart", "t5", "t5-v1_1")
 
 
-def tiny_hf_seq2seq(kind: str, seed: int = 0):
-    """A seeded float32 transformers seq2seq LM. Kinds: bart, t5 (v1.0: ReLU, tied head rescaled by
-    d_model**-0.5), t5-v1_1 (gated-GELU, untied head, no rescale)."""
+def tiny_hf_seq2seq(kind: str, seed: int = 0, decoder_layers: int = 2):
+    """A seeded float32 transformers seq2seq LM with 2 encoder layers. Kinds: bart, t5 (v1.0: ReLU, tied
+    head rescaled by d_model**-0.5), t5-v1_1 (gated-GELU, untied head, no rescale). transformers' generate
+    sizes its cache by the encoder depth, so only `decoder_layers=2` models can generate there."""
     import transformers as tf
 
     torch.manual_seed(seed)
     if kind == "bart":
-        cfg = tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+        cfg = tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=decoder_layers,
                             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
                             decoder_ffn_dim=48, max_position_embeddings=64, scale_embedding=True, init_std=0.2,
                             bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
         model = tf.BartForConditionalGeneration(cfg)
     elif kind in ("t5", "t5-v1_1"):
         v1_1 = kind == "t5-v1_1"
-        cfg = tf.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+        cfg = tf.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=decoder_layers,
                           num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
                           feed_forward_proj="gated-gelu" if v1_1 else "relu", tie_word_embeddings=not v1_1,
                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
@@ -105,8 +106,8 @@ def tiny_hf_seq2seq(kind: str, seed: int = 0):
     return model
 
 
-def save_tiny_seq2seq(kind: str, folder: Path, seed: int = 0):
-    model = tiny_hf_seq2seq(kind, seed)
+def save_tiny_seq2seq(kind: str, folder: Path, seed: int = 0, decoder_layers: int = 2):
+    model = tiny_hf_seq2seq(kind, seed, decoder_layers)
     model.save_pretrained(folder)
     return model
 

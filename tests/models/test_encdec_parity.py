@@ -58,7 +58,17 @@ def test_structure_covers_tied_rescaled_untied_and_bart_knobs(tiny):
     assert t5.tie_word_embeddings and t5.scale_decoder_outputs and t5.activation == "relu" and not t5.gated_mlp
     assert not t5_v1_1.tie_word_embeddings and not t5_v1_1.scale_decoder_outputs
     assert t5_v1_1.gated_mlp and t5_v1_1.activation == "gelu_tanh"
-    assert t5.n_encoder_layer == 2 and t5.n_decoder_layer == 3 and t5.attention_scale == 1.0
+    assert t5.attention_scale == 1.0 and bart.attention_scale is None
+
+
+@pytest.mark.parametrize("kind, decoder_layers", [("bart", 1), ("t5", 3)])
+def test_encoder_and_decoder_of_different_depths(kind, decoder_layers, tmp_path):
+    hf = save_tiny_seq2seq(kind, tmp_path, decoder_layers=decoder_layers)
+    model, _ = lmforge.load(tmp_path)
+    assert (model.config.n_encoder_layer, model.config.n_decoder_layer) == (2, decoder_layers)
+    ids, mask, dec, dec_mask = batch_for(hf, seed=4)
+    with torch.no_grad():
+        assert max_diff(model(ids, mask, dec, dec_mask), hf_logits(hf, ids, mask, dec, dec_mask), dec_mask) <= TOL
 
 
 @pytest.mark.parametrize("kind", SEQ2SEQ_KINDS)

@@ -136,8 +136,83 @@ class DecoderOnlySession:
             self.hidden = self.hidden.index_select(0, index)
 
 
-def open_session(model: torch.nn.Module, output_hidden: bool = False) -> DecodingSession:
-    """The session for `model`'s kind (decoder-only here; encoder-decoder models add theirs)."""
+def open_session(model: torch.nn.Module, output_hidden: bool = False,
+                 decoder_start_token_id: int | None = None) -> DecodingSession:
+    """The session for `model`'s kind. `decoder_start_token_id` (encoder-decoders only) overrides the
+    model config's, as a generation config may."""
     if getattr(model, "is_encoder_decoder", False):
-        raise LmforgeError(f"{type(model).__name__} is an encoder-decoder model and has no decoding session yet")
+        return Seq2SeqSession(model, output_hidden=output_hidden, decoder_start_token_id=decoder_start_token_id)
     return DecoderOnlySession(model, output_hidden=output_hidden)
+
+
+class Seq2SeqSession:
+    """An EncoderDecoderLM: `start` runs the encoder once and feeds the decoder its start token; the
+    decoder's self-attention keys/values and the cross-attention keys/values live in an EncDecCache
+    preallocated to 1 + max_new_tokens positions.
+
+    The prompt is the encoder input. It comes left-padded (the contract) and is re-padded to the
+    right, as transformers' tokenizers pad encoder inputs: BART's absolute positions then count
+    from each source's first token. No decoder row is ever padded (all start together).
+    """
+
+    def __init__(self, model: torch.nn.Module, output_hidden: bool = False, decoder_start_token_id: int | None = None):
+        self.model = model
+        self.output_hidden = output_hidden
+        self.hidden: torch.Tensor | None = None
+        self.start_token = decoder_start_token_id if decoder_start_token_id is not None \
+            else model.config.decoder_start_token_id
+        if self.start_token is None:
+            raise LmforgeError("the model config has no decoder_start_token_id; set it in config.json "
+                               "or pass decoder_start_token_id")
+        self.cache = None
+        self.encoder_mask: torch.Tensor | None = None  # (B, S), None when no source is padded
+
+    def _positions(self) -> int | None:
+        c = self.model.config
+        return c.max_position_embeddings if c.position == "learned" else None
+
+    def prompt_limit(self, max_new_tokens: int) -> int | None:
+        return self._positions()
+
+    @property
+    def batch_size(self) -> int:
+        return self.prefix_ids.shape[0]
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              max_new_tokens: int) -> torch.Tensor:
+        B, S = input_ids.shape
+        if S == 0:
+            raise LmforgeError("the input is empty; give at least one token to encode")
+        limit = self._positions()
+        if limit is not None and max(S, 1 + max_new_tokens) > limit:
+            raise LmforgeError(f"the input ({S} tokens) or 1 + max_new_tokens ({1 + max_new_tokens}) is longer than "
+                               f"the model's positions ({limit}); shorten the input or lower max_new_tokens")
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.long, device=device)
+        attention_mask = attention_mask.to(device=device, dtype=torch.long)
+        order = torch.argsort(1 - attention_mask, dim=1, stable=True)  # real tokens first: right padding
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+        self.encoder_mask = None if bool(attention_mask.all()) else attention_mask
+        encoder_hidden = self.model.encode(input_ids, self.encoder_mask)
+        self.prefix_ids = torch.full((B, 1), self.start_token, dtype=torch.long, device=device)
+        self.prefix_mask = torch.ones(B, 1, dtype=torch.long, device=device)
+        self.cache = self.model.new_cache(B, 1 + max_new_tokens)
+        return self._forward(self.prefix_ids, encoder_hidden)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._forward(tokens.view(-1, 1), None)
+
+    def _forward(self, ids: torch.Tensor, encoder_hidden: torch.Tensor | None) -> torch.Tensor:
+        h = self.model.decoder_hidden_states(ids, encoder_hidden, self.encoder_mask, cache=self.cache)
+        self.hidden = h if self.output_hidden else None
+        return self.model.logits(h[:, -1]).float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+        if self.encoder_mask is not None:
+            self.encoder_mask = self.encoder_mask.index_select(0, index)
+        self.prefix_ids = self.prefix_ids.index_select(0, index)
+        self.prefix_mask = self.prefix_mask.index_select(0, index)
+        if self.hidden is not None:
+            self.hidden = self.hidden.index_select(0, index)

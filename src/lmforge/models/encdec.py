@@ -227,10 +227,11 @@ class EncoderDecoderLM(nn.Module):
         """Encoder hidden states (B, S, d_model); `attention_mask` marks real tokens with 1 (right padding)."""
         return self.encoder(self.embed(input_ids), padding_mask(attention_mask), is_causal=False)
 
-    def decode(self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor | None,
-               encoder_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-               cache: EncDecCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) of the new decoder tokens.
+    def decoder_hidden_states(self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor | None,
+                              encoder_mask: torch.Tensor | None = None,
+                              decoder_attention_mask: torch.Tensor | None = None,
+                              cache: EncDecCache | None = None) -> torch.Tensor:
+        """Final normed decoder hidden states (B, T, d_model) of the new decoder tokens.
 
         `decoder_attention_mask` (B, past + T) marks real decoder tokens with 1; positions count
         from the first decoder token whatever the padding, as in transformers. With a `cache`, the
@@ -244,7 +245,7 @@ class EncoderDecoderLM(nn.Module):
             cross_kv = cache.cross
         else:
             if encoder_hidden is None:
-                raise ValueError("decode needs encoder_hidden unless the cache holds the cross-attention keys/values")
+                raise ValueError("decoding needs encoder_hidden unless the cache holds the cross-attention keys/values")
             cross_kv = [layer.cross_attn.keys_values(encoder_hidden) for layer in self.decoder.layers]
             if cache is not None:
                 cache.cross = cross_kv
@@ -253,10 +254,21 @@ class EncoderDecoderLM(nn.Module):
                          padding_mask(encoder_mask))
         if cache is not None:
             cache.advance(T)
+        return h
+
+    def logits(self, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        """The output head over decoder hidden states (with T5's rescale and BART's final_logits_bias)."""
         if self.config.scale_decoder_outputs:
-            h = h * self.config.d_model ** -0.5
-        logits = self.lm_head(h)
+            decoder_hidden = decoder_hidden * self.config.d_model ** -0.5
+        logits = self.lm_head(decoder_hidden)
         return logits if self.final_logits_bias is None else logits + self.final_logits_bias
+
+    def decode(self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor | None,
+               encoder_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+               cache: EncDecCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) of the new decoder tokens; arguments as `decoder_hidden_states`."""
+        return self.logits(self.decoder_hidden_states(decoder_input_ids, encoder_hidden, encoder_mask,
+                                                      decoder_attention_mask, cache))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ def save_tiny_with_tokenizer(folder: Path, seed: int = 0, n_positions: int = 64)
     torch.manual_seed(seed)
     model = tf.GPT2LMHeadModel(cfg).float().eval()
     with torch.no_grad():  # a sharper distribution than the near-uniform random init
-        model.lm_head.weight.mul_(40)
+        model.lm_head.weight.mul_(8)
     model.save_pretrained(folder)
     tok.save(folder)
     return model, tok
@@ -68,3 +68,18 @@ class TableSession:
         self.last = self.last.index_select(0, index)
         if self.hidden is not None:
             self.hidden = self.hidden.index_select(0, index)
+
+
+class ScriptedHead(torch.nn.Module):
+    """An output head that makes greedy decoding produce `script`, one token per call (then EOS)."""
+
+    def __init__(self, script: list[int], vocab_size: int, eos: int):
+        super().__init__()
+        self.script, self.vocab_size, self.eos, self.calls = list(script), vocab_size, eos, 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        token = self.script[self.calls] if self.calls < len(self.script) else self.eos
+        self.calls += 1
+        logits = torch.zeros(*h.shape[:-1], self.vocab_size)
+        logits[..., token] = 100.0
+        return logits

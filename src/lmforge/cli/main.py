@@ -43,8 +43,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lmforge", description="lmforge: train, adapt, decode, evaluate language models.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    parser.verb_parsers = {}
     for verb, (module, help_text) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text)
+        parser.verb_parsers[verb] = p
         try:
             mod = importlib.import_module(f"lmforge.cli.{module}")
         except ModuleNotFoundError as exc:
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the verb's parser, which knows the verb's flags and can name the closest
+        (parser.verb_parsers.get(args.verb) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.verb is None:
         parser.print_help()
         return 2

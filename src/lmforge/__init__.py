@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from lmforge.generate import GenerationConfig, Generator  # generate()/stream(): `from lmforge.generate import`
 from lmforge.hub.hf import Checkpoint, load_folder, save_folder
 
 
@@ -15,4 +16,4 @@ def save(model, path, tokenizer=None, generation_config: dict | None = None, dty
     return save_folder(model, path, tokenizer=tokenizer, generation_config=generation_config, dtype=dtype)
 
 
-__all__ = ["Checkpoint", "load", "save"]
+__all__ = ["Checkpoint", "GenerationConfig", "Generator", "load", "save"]

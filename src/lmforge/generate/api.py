@@ -188,7 +188,8 @@ class _Prepared:
 
     def __init__(self, model, inputs: Prompts, config: GenerationConfig, tokenizer, attention_mask,
                  truncate: str | None, add_bos: bool, output_hidden: bool):
-        self.session: DecodingSession = open_session(model, output_hidden=output_hidden)
+        self.session: DecodingSession = open_session(model, output_hidden=output_hidden,
+                                                     decoder_start_token_id=config.decoder_start_token_id)
         device = _model_device(model)
         pad = _pad_id(config)
         padded = isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and attention_mask is not None
@@ -198,10 +199,12 @@ class _Prepared:
         else:
             self.prompts = tokenize_prompts(inputs, tokenizer, config, add_bos)
             width = max(len(p) for p in self.prompts)
-        _, max_length = resolve_lengths(config, width)
-        self.max_new_tokens = max_length - width
+        # lengths count output-side tokens: the prompt, or an encoder-decoder's decoder start token
+        output_prefix = 1 if getattr(model, "is_encoder_decoder", False) else width
+        _, max_length = resolve_lengths(config, output_prefix)
+        self.max_new_tokens = max_length - output_prefix
         if self.max_new_tokens < 1:
-            raise LmforgeError(f"max_length ({max_length}) leaves no room after the prompt ({width} tokens); "
+            raise LmforgeError(f"max_length ({max_length}) leaves no room after the prompt ({output_prefix} tokens); "
                                "set max_new_tokens instead")
         limit = self.session.prompt_limit(self.max_new_tokens)
         if padded and (limit is None or width <= limit):

@@ -1,0 +1,218 @@
+"""Text corpora as streams: files, folders, JSON Lines, and named public data sets.
+
+A corpus is read in pieces of about `piece_chars` characters, never whole, so a corpus larger than
+memory works. A piece ends right after a newline that is followed by a non-space character, a
+point where GPT-2 style pre-tokenization always splits, so tokenizing piece by piece gives the same
+tokens as tokenizing the whole text. Each file (or JSON Lines record) is one document.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from lmforge.errors import LmforgeError
+from lmforge.fsutil import atomic_path
+
+PIECE_CHARS = 1 << 20
+READ_BYTES = 1 << 20
+ERRORS = ("strict", "replace", "ignore")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_SAFE_SPLIT = re.compile(r"\n(?=\S)")
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A public corpus known by name: its files under `$LMFORGE_DATA/<name>/`, or downloaded once."""
+
+    name: str
+    url: str
+    filename: str
+    sha256: str
+
+
+DATASETS = {
+    "tinyshakespeare": NamedDataset(
+        "tinyshakespeare",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+}
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    jsonl: bool
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class Corpus:
+    """The files of a corpus and how to read them; `pieces()` streams (text, ends_document) pairs."""
+
+    spec: str
+    files: list[SourceFile]
+    text_field: str = "text"
+    errors: str = "strict"
+    stats: dict = field(default_factory=lambda: {"documents": 0, "chars": 0, "bytes": 0})
+
+    def pieces(self, piece_chars: int = PIECE_CHARS) -> Iterator[tuple[str, bool]]:
+        """Stream the corpus; also fills each file's `bytes` and `sha256` and `stats`."""
+        self.stats = {"documents": 0, "chars": 0, "bytes": 0}
+        for source in self.files:
+            digest = hashlib.sha256()
+            reader = _read_jsonl if source.jsonl else _read_text
+            for text, ends in reader(source.path, digest, self.errors, self.text_field, piece_chars):
+                self.stats["chars"] += len(text)
+                self.stats["documents"] += ends
+                yield text, ends
+            source.sha256 = digest.hexdigest()
+            source.bytes = source.path.stat().st_size
+            self.stats["bytes"] += source.bytes
+
+    def texts(self) -> Iterator[str]:
+        return (text for text, _ in self.pieces())
+
+    def describe(self) -> list[dict]:
+        return [{"path": str(s.path), "bytes": s.bytes, "sha256": s.sha256} for s in self.files]
+
+
+def open_corpus(spec: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> Corpus:
+    """A text file, a folder of them (recursively, hidden files skipped), a .jsonl file, or a named data set."""
+    if errors not in ERRORS:
+        raise LmforgeError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
+    path = Path(spec)
+    if not path.exists():
+        if str(spec) in DATASETS:
+            path = resolve_named(str(spec))
+        else:
+            raise LmforgeError(f"the corpus {spec} does not exist and is not a named data set "
+                               f"(known: {', '.join(DATASETS)}); check the path")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    else:
+        files = [path]
+    if not files:
+        raise LmforgeError(f"the corpus folder {path} holds no files; put text or .jsonl files in it")
+    sources = [SourceFile(p, p.suffix.lower() in JSONL_SUFFIXES) for p in files]
+    if all(s.path.stat().st_size == 0 for s in sources):
+        raise LmforgeError(f"the corpus {spec} is empty; give it some text")
+    return Corpus(str(spec), sources, text_field, errors)
+
+
+def _decode_error(path: Path, offset: int, data: bytes, exc: UnicodeDecodeError) -> LmforgeError:
+    bad = data[exc.start:exc.start + 1].hex()
+    return LmforgeError(f"{path} is not UTF-8 text: byte 0x{bad} at byte offset {offset} cannot be decoded; "
+                        "convert the file to UTF-8 or pass --errors replace to substitute such bytes")
+
+
+def _read_text(path: Path, digest, errors: str, text_field: str, piece_chars: int) -> Iterator[tuple[str, bool]]:
+    """A text file in pieces that end at safe split points; the last piece ends the document."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    pending, offset = "", 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            digest.update(data)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                # the decoder may hold back up to 3 bytes of an unfinished character from the last block
+                held = len(exc.object) - len(data)
+                raise _decode_error(path, offset + exc.start - held, exc.object, exc) from None
+            offset += len(data)
+            pending += text
+            if not data:
+                break
+            while len(pending) >= piece_chars:
+                cut = _split_point(pending, piece_chars)
+                yield pending[:cut], False
+                pending = pending[cut:]
+    yield pending, True
+
+
+def _split_point(text: str, target: int) -> int:
+    """The last safe split point before `target` characters, else the first after it, else the end."""
+    last = None
+    for m in _SAFE_SPLIT.finditer(text, 0, target):
+        last = m.end()
+    if last is None:
+        m = _SAFE_SPLIT.search(text, target)
+        last = m.end() if m else len(text)
+    return last
+
+
+def _read_jsonl(path: Path, digest, errors: str, text_field: str, piece_chars: int) -> Iterator[tuple[str, bool]]:
+    """One document per record: the string in `text_field`. Blank lines are skipped."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            digest.update(line)
+            try:
+                raw = line.decode("utf-8", errors=errors)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(path, offset + exc.start, line, exc) from None
+            offset += len(line)
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise LmforgeError(f"{path}, line {number}, is not valid JSON ({exc.msg}); "
+                                   "give one JSON object per line") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                keys = ", ".join(sorted(record)) if isinstance(record, dict) else "none"
+                raise LmforgeError(f"{path}, line {number}, has no string field {text_field!r} (its fields: {keys}); "
+                                   "name the text field with --text-field")
+            yield text, True
+
+
+# --- named data sets ------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "data"
+
+
+def resolve_named(name: str) -> Path:
+    """The local file of a named data set: `$LMFORGE_DATA/<name>/<file>`, the cache, or a download to the cache."""
+    ds = DATASETS[name]
+    data_root = os.environ.get("LMFORGE_DATA")
+    if data_root and (Path(data_root) / name / ds.filename).is_file():
+        return Path(data_root) / name / ds.filename
+    cached = cache_dir() / name / ds.filename
+    if cached.is_file():
+        return cached
+    download(ds.url, cached, ds.sha256, what=name)
+    return cached
+
+
+def download(url: str, dest: Path, sha256: str | None = None, what: str = "the file", timeout: float = 60) -> Path:
+    """Fetch `url` to `dest` atomically, checking its sha256 when given."""
+    digest = hashlib.sha256()
+    try:
+        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=timeout) as response, \
+                open(tmp, "wb") as out:
+            while chunk := response.read(READ_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+            out.close()
+            if sha256 and digest.hexdigest() != sha256:
+                raise LmforgeError(f"the download of {what} from {url} has sha256 {digest.hexdigest()}, "
+                                   f"expected {sha256}; the file changed or was corrupted, so it was not kept")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LmforgeError(f"could not download {what} from {url} ({reason}); when offline, set LMFORGE_DATA "
+                           f"to a folder that holds {what}/{dest.name}") from None
+    return dest

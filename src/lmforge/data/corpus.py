@@ -1,9 +1,11 @@
 """Text corpora as streams: files, folders, JSON Lines, and named public data sets.
 
 A corpus is read in pieces of about `piece_chars` characters, never whole, so a corpus larger than
-memory works. A piece ends right after a newline that is followed by a non-space character, a
-point where GPT-2 style pre-tokenization always splits, so tokenizing piece by piece gives the same
-tokens as tokenizing the whole text. Each file (or JSON Lines record) is one document.
+memory works. A piece ends right after a newline that has a non-space character on both sides, a
+point where byte-level BPE pre-tokenization (GPT-2, Llama 3) always splits, so tokenizing piece by
+piece gives the same tokens as tokenizing the whole text. (Tokenizers that mark the start of their
+input, like SentencePiece's "▁", see one extra start per piece of a document longer than a piece.)
+Each file (or JSON Lines record) is one document.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ PIECE_CHARS = 1 << 20
 READ_BYTES = 1 << 20
 ERRORS = ("strict", "replace", "ignore")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-_SAFE_SPLIT = re.compile(r"\n(?=\S)")
+_SAFE_SPLIT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class Corpus:
             source.sha256 = digest.hexdigest()
             source.bytes = source.path.stat().st_size
             self.stats["bytes"] += source.bytes
+        if self.stats["chars"] == 0:
+            raise LmforgeError(f"the corpus {self.spec} is empty (no text in {len(self.files)} file(s)); "
+                               "give it some text")
 
     def texts(self) -> Iterator[str]:
         return (text for text, _ in self.pieces())

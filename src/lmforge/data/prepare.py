@@ -71,8 +71,6 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, tokenizer="ch
         all_path = tmp / "all.bin"
         with open(all_path, "wb") as out:
             n_tokens = _encode_corpus(corpus, tok, dtype, eos, out)
-        if corpus.stats["chars"] == 0:
-            raise LmforgeError(f"the corpus {source} is empty (no text in {len(corpus.files)} file(s)); give it some text")
         n_train = int(n_tokens * (1 - val_fraction))
         _split_file(all_path, n_train, dtype, tmp / "train.bin", tmp / "val.bin")
         tok.save(tmp)

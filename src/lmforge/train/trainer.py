@@ -44,6 +44,7 @@ from lmforge.train.report import LOG, METRICS, Progress, RunFiles, format_durati
 
 LAST, BEST, DATA, CONFIG = "last", "best", "data", "config.yaml"
 AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+PLOT_EVERY_S = 30  # redraw loss.png at an evaluation at most this often (and always at the end)
 
 
 @dataclass
@@ -382,6 +383,7 @@ class Trainer:
                                             "scaler": scaler.state_dict()})
 
         last_eval: dict | None = None
+        last_plot = [time.perf_counter()]
         window_iters, train_time, tps = 0, 0.0, 0.0
         stopped = "max_iters"
 
@@ -408,7 +410,9 @@ class Trainer:
                     self.sample(iter_num)
                 if iter_num > 0 and improved:
                     save_checkpoint(self.run_dir / BEST, model, self.tokenizer, snapshot(), self.generation)
-                self.files.plot()
+                if time.perf_counter() - last_plot[0] > PLOT_EVERY_S:
+                    self.files.plot()
+                    last_plot[0] = time.perf_counter()
             if iter_num > 0:
                 save_last()
 
@@ -443,8 +447,6 @@ class Trainer:
                 window_iters += 1
                 train_time += time.perf_counter() - step_start
 
-                over_time = cfg.max_minutes is not None and elapsed() > cfg.max_minutes * 60
-                interrupted, over_time = distributed.any_rank(self.dist, [self.interrupted, over_time], dev)
                 if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
                     loss_value = loss_sum.item()
                     tps = window_iters * tokens_per_iter / max(train_time, 1e-9)
@@ -459,6 +461,8 @@ class Trainer:
                                   elapsed_s=elapsed())
                 else:
                     self.progress.advance(iter_num)
+                over_time = cfg.max_minutes is not None and elapsed() > cfg.max_minutes * 60
+                interrupted, over_time = distributed.any_rank(self.dist, [self.interrupted, over_time], dev)
                 if interrupted:
                     stopped = "interrupted"
                     save_last(stopped)
@@ -480,6 +484,8 @@ class Trainer:
                     break
         finally:
             self.restore_sigint(previous_handler)
+        if self.main:
+            self.files.plot()
         total = elapsed()
         result = TrainResult(self.run_dir, iter_num, stopped, None if best == math.inf else best, last_eval,
                              total, tokens_seen / total if total else 0.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny
+from train_helpers import tiny
 
 import lmforge
 from lmforge.errors import LmforgeError

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny
+from train_helpers import tiny
 
 import lmforge
 from lmforge.errors import LmforgeError

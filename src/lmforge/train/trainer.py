@@ -165,6 +165,7 @@ def sample_text(model: DecoderLM, tokenizer, prompt: str, n_tokens: int, tempera
         if cache.length + len(pending) > context:
             cache, pending = model.new_cache(1, context), ids[-(context // 2):]
         logits = model(torch.tensor([pending], device=device), cache=cache, last_only=True)[0, -1].float().cpu()
+        logits = logits[:tokenizer.vocab_size]  # a model may have more rows than its tokenizer has tokens
         if temperature <= 0:
             token = int(logits.argmax())
         else:
@@ -448,7 +449,7 @@ class Trainer:
                 train_time += time.perf_counter() - step_start
 
                 if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
-                    loss_value = loss_sum.item()
+                    loss_value = distributed.mean_over_ranks(self.dist, loss_sum.item(), dev)
                     tps = window_iters * tokens_per_iter / max(train_time, 1e-9)
                     eta = (cfg.max_iters - iter_num) * train_time / window_iters
                     if cfg.max_minutes is not None:

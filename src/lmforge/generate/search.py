@@ -46,6 +46,11 @@ class StoppingCriteria:
         self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long) if eos_token_ids else None
         self.stop_strings = StopStrings(stop_strings, decode) if stop_strings else None
 
+    @property
+    def stops_early(self) -> bool:
+        """Whether anything but the length limit can end a row."""
+        return self.eos is not None or self.stop_strings is not None
+
     def __call__(self, sequences: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         new = sequences.shape[1] - self.prefix_len
         done = torch.full((sequences.shape[0],), new >= self.max_new_tokens, dtype=torch.bool,
@@ -80,7 +85,9 @@ def token_steps(session: DecodingSession, logits: torch.Tensor, config: Generati
     seqs = torch.full((session.batch_size, P + stopping.max_new_tokens), pad_token_id, dtype=torch.long,
                       device=logits.device)
     seqs[:, :P] = session.prefix_ids
-    active = torch.ones(session.batch_size, dtype=torch.bool, device=logits.device)
+    N = session.batch_size
+    active = torch.ones(N, dtype=torch.bool, device=logits.device)
+    n_active = N
     for t in range(stopping.max_new_tokens):
         ids = seqs[:, :P + t]
         scores = apply_processors(processors, ids, logits)
@@ -89,13 +96,18 @@ def token_steps(session: DecodingSession, logits: torch.Tensor, config: Generati
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             tokens = scores.argmax(-1)
-        tokens = torch.where(active, tokens, pad_token_id)
+        if n_active < N:
+            tokens = torch.where(active, tokens, pad_token_id)
         seqs[:, P + t] = tokens
         logprobs = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
         yield tokens, logprobs, active
-        active = active & ~stopping(seqs[:, :P + t + 1], active)
-        if not bool(active.any()):
+        if t + 1 == stopping.max_new_tokens:
             return
+        if stopping.stops_early:
+            active = active & ~stopping(seqs[:, :P + t + 1], active)
+            n_active = int(active.sum())
+            if n_active == 0:
+                return
         logits = session.step(tokens)
 
 
@@ -103,13 +115,9 @@ def greedy_or_sample(session: DecodingSession, logits: torch.Tensor, config: Gen
                      stopping: StoppingCriteria, pad_token_id: int,
                      generator: torch.Generator | None = None) -> SearchOutput:
     logits = expand_rows(session, logits, config.num_return_sequences if config.do_sample else 1)
-    tokens, total = [], torch.zeros(session.batch_size, device=logits.device)
-    lengths = torch.zeros(session.batch_size, dtype=torch.long, device=logits.device)
-    for step_tokens, logprobs, active in token_steps(session, logits, config, stopping, pad_token_id, generator):
-        tokens.append(step_tokens)
-        total += torch.where(active, logprobs, 0.0)
-        lengths += active
-    return SearchOutput(torch.stack(tokens, 1), lengths, total)
+    steps = list(token_steps(session, logits, config, stopping, pad_token_id, generator))
+    tokens, logprobs, active = (torch.stack(column, 1) for column in zip(*steps))
+    return SearchOutput(tokens, active.sum(1), (logprobs * active).sum(1))
 
 
 class BeamGroup:

@@ -38,11 +38,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        heads = self.qkv(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, q + k + v heads, T, head_dim)
+        q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
@@ -63,8 +60,10 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask, is_causal, rope, cache):
-        x = x + self.drop(self.attn(self.ln1(x), mask, is_causal, rope, cache))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        h = self.attn(self.ln1(x), mask, is_causal, rope, cache)
+        x = x + (self.drop(h) if self.training else h)  # skipping the no-op call speeds up decoding
+        h = self.mlp(self.ln2(x))
+        return x + (self.drop(h) if self.training else h)
 
 
 class DecoderLM(nn.Module):
@@ -136,7 +135,8 @@ class DecoderLM(nn.Module):
             x = x + self.wpe(position_ids + cfg.position_offset)
         else:
             rope = self.rotary(position_ids, x.dtype)
-        x = self.drop(x)
+        if self.training:
+            x = self.drop(x)
         mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
         for block in self.blocks:
             x = block(x, mask, is_causal, rope, cache)

@@ -1,0 +1,236 @@
+"""The demo: train a small GPT offline on real English, compare decoding strategies, write a report.
+
+    corpus     the docstrings of the Python standard library (or --data)
+    tokenizer  byte-level BPE trained on it
+    model      a small GPT-2-style model, trained for a wall-time budget with the training loop
+    decoding   the same prompts with greedy, beam search (with and without n-gram blocking), pure
+               sampling, low and high temperature, top-k, top-p, and unconditional samples
+    report     runs/demo/report.html and report.md: loss curve, samples side by side, the decoding
+               lab's metrics, novelty against the training corpus, and a plain-language reading
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmforge.data.stdlib_corpus import build_stdlib_corpus
+from lmforge.data.tokens import TokenData
+from lmforge.evaluate.novelty import NGramIndex
+from lmforge.generate.api import generate
+from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, write_report
+from lmforge.hub.hf import load_folder
+from lmforge.train import load_config, train
+from lmforge.train.report import PLOT, format_duration
+
+PROMPTS = [
+    "Return the number of",
+    "This module provides",
+    "If the file does not exist,",
+    "The default value is",
+    "Raise ValueError if",
+]
+
+# name -> generation parameters; the lab's presets where they exist, the rest spelled out
+STRATEGIES = [
+    "greedy",
+    "beam",
+    "beam-ngram",
+    "sample",
+    "temperature-0.7",
+    "temperature-1.3:do_sample=true,top_k=0,temperature=1.3",
+    "top-k",
+    "nucleus",
+]
+
+# The model: small enough to learn something in a few CPU minutes (about 3.4 M parameters).
+MODEL = {"model.family": "gpt2", "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192,
+         "model.block_size": 128, "model.dropout": 0.1, "model.bias": False}
+BATCH_SIZE = 16
+VOCAB_SIZE = 4096
+NGRAM = 8
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    corpus_chars: int
+    train_tokens: int
+    iters: int
+    best_val_loss: float | None
+    seconds: float
+
+
+def say(text: str, quiet: bool) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+def planned_iters(minutes: float, seq_per_step: int) -> int:
+    """Steps that fit the budget, from the speed of a few timed steps of the same shape on random data,
+    so the cosine schedule reaches its floor near the end of the budget."""
+    from lmforge.config import ModelConfig
+    from lmforge.models.decoder import DecoderLM
+
+    shape = {k.split(".", 1)[1]: v for k, v in MODEL.items()}
+    family = shape.pop("family")
+    model = DecoderLM(ModelConfig.for_family(family, vocab_size=VOCAB_SIZE, **shape)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, VOCAB_SIZE, (seq_per_step, MODEL["model.block_size"]))
+    timings = []
+    for _ in range(4):
+        began = time.perf_counter()
+        model.loss(x, x).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - began)
+    step_s = statistics.median(timings[1:]) * 1.15  # evaluations and checkpoints take a share too
+    return max(20, int(minutes * 60 / step_s))
+
+
+def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes: float = 2.5,
+             seed: int = 1337, max_new_tokens: int = 48, quiet: bool = False) -> DemoResult:
+    began = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if data is None:
+        stats = build_stdlib_corpus(out / "corpus.txt", separator="\n\n<|endoftext|>\n\n")
+        source = str(out / "corpus.txt")
+        corpus_note = (f"The docstrings of this Python's standard library ({stats.n_files} files, "
+                       f"{stats.n_docs:,} documents after dropping {stats.n_duplicates_dropped} duplicates)")
+        say(f"corpus: {corpus_note}: {stats.n_chars:,} characters", quiet)
+    else:
+        source, corpus_note = data, f"{data}"
+
+    max_iters = planned_iters(minutes, BATCH_SIZE)
+    say(f"training a small GPT for about {minutes:g} min ({max_iters} steps planned)", quiet)
+    cfg = load_config(overrides={
+        **MODEL, "out_dir": str(out / "train"), "data.source": source, "data.tokenizer": "bpe",
+        "data.vocab_size": VOCAB_SIZE, "batch_size": BATCH_SIZE, "max_iters": max_iters,
+        "max_minutes": minutes * 1.1, "learning_rate": 2e-3, "min_lr": 2e-4, "warmup_iters": max(10, max_iters // 20),
+        "eval_interval": max(10, max_iters // 6), "eval_iters": 10, "log_interval": max(1, max_iters // 50),
+        "sample_tokens": 0, "seed": seed, "weight_decay": 0.1,
+    })
+    result = train(cfg, quiet=quiet)
+    data_files = TokenData.open(result.run_dir / "data")
+    n_chars = data_files.manifest.get("chars")
+    train_tokens = len(data_files.train)
+    say(f"trained {result.iters} steps in {format_duration(result.elapsed_s)}; "
+        f"best validation loss {result.best_val_loss:.3f} (perplexity {2.718281828 ** result.best_val_loss:,.1f})",
+        quiet)
+
+    checkpoint = load_folder(result.best_dir)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    index = NGramIndex.build(data_files.train, n=NGRAM)
+    say(f"decoding {len(PROMPTS)} prompts with {len(STRATEGIES)} strategies", quiet)
+    lab = compare_strategies(model, tokenizer, PROMPTS, STRATEGIES, train_index=index,
+                             max_new_tokens=max_new_tokens, seed=seed)
+    unconditional = generate(model, None, tokenizer=tokenizer, do_sample=True, top_k=0, top_p=0.9,
+                             num_return_sequences=3, max_new_tokens=max_new_tokens * 2, seed=seed)
+    texts = [c.text for c in unconditional.completions[0]]
+    uncond_share = _share_in_training(index, [c.token_ids for c in unconditional.completions[0]])
+
+    metrics = [dict(r) for r in _read_metrics(result.run_dir)]
+    sections = [
+        ReportSection("The run", _run_summary(corpus_note, n_chars, train_tokens, tokenizer.vocab_size, model,
+                                              result, metrics)),
+        ReportSection("Training: loss falls, validation perplexity with it",
+                      _training_text(metrics, tokenizer.vocab_size), result.run_dir / PLOT),
+        ReportSection("What the numbers show", _reading(lab, uncond_share)),
+        ReportSection("Unconditional samples (nucleus sampling, top_p 0.9, no prompt)",
+                      _unconditional_text(texts)),
+    ]
+    paths = write_report(lab, out, title="lmforge demo: a small GPT trained on Python's docstrings",
+                         extra_sections=sections)
+    seconds = time.perf_counter() - began
+    say(f"report: {paths['html']} (and {paths['markdown'].name}); the whole demo took {format_duration(seconds)}",
+        quiet)
+    return DemoResult(paths["html"], n_chars or 0, train_tokens, result.iters, result.best_val_loss, seconds)
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    from lmforge.train.report import METRICS, RunFiles
+
+    return RunFiles(run_dir).read(METRICS)
+
+
+def _share_in_training(index: NGramIndex, token_lists: list[list[int]]) -> float | None:
+    found = total = 0.0
+    for ids in token_lists:
+        share = index.share_found(ids)
+        if share is not None:
+            count = len(ids) - index.n + 1
+            found, total = found + share * count, total + count
+    return found / total if total else None
+
+
+def _run_summary(corpus_note: str, n_chars, train_tokens: int, vocab: int, model, result, metrics) -> str:
+    cfg = model.config
+    chars = f"{n_chars:,} characters, " if n_chars else ""
+    return (f"Corpus: {corpus_note} — {chars}{train_tokens:,} training tokens after a byte-level BPE "
+            f"tokenizer with {vocab:,} tokens was trained on it (10 % held out for validation). "
+            f"Model: a GPT-2-style decoder, {cfg.n_layer} layers × {cfg.n_head} heads × {cfg.n_embd} wide, "
+            f"context {cfg.block_size}, {model.num_parameters() / 1e6:.2f} M parameters. "
+            f"Training: {result.iters} steps of {BATCH_SIZE} × {cfg.block_size} tokens in "
+            f"{format_duration(result.elapsed_s)} ({result.tokens_per_sec:,.0f} tokens/s), stopped by "
+            f"{result.stopped.replace('_', ' ')}.")
+
+
+def _training_text(metrics: list[dict], vocab: int) -> str:
+    if not metrics:
+        return "No evaluation was recorded."
+    first, last = metrics[0], metrics[-1]
+    best = min(metrics, key=lambda r: r["val_loss"])
+    gap = last["val_loss"] - last["train_loss"]
+    overfit = (" The validation loss sits clearly above the training loss: the model has begun to memorise "
+               "its small corpus." if gap > 0.3 else
+               " Training and validation loss stay close: the model has not yet begun to memorise.")
+    return (f"Validation loss fell from {first['val_loss']:.2f} at step {first['iter']} to {best['val_loss']:.2f} "
+            f"at step {best['iter']} — a perplexity of {2.718281828 ** best['val_loss']:,.1f}: the model is, on "
+            f"average, as unsure as a uniform choice among that many tokens (of {vocab:,} possible)." + overfit)
+
+
+def _reading(lab: LabResults, uncond_share: float | None) -> str:
+    by = {s.name: s.metrics for s in lab.strategies}
+
+    def m(name: str, key: str) -> float:
+        return by[name].get(key) or 0.0
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.0f} %"
+
+    likeliest = max(by, key=lambda n: m(n, "mean_logprob"))
+    most_repetitive = max(by, key=lambda n: m(n, "repetition_rate"))
+    most_diverse = max(by, key=lambda n: m(n, "distinct_2"))
+    most_copied = max(by, key=lambda n: m(n, "train_8gram_share"))
+    least_copied = min(by, key=lambda n: m(n, "train_8gram_share"))
+    points = [
+        f"Likelihood is not quality. {likeliest} finds the continuations the model itself rates most "
+        f"likely (mean log-probability {m(likeliest, 'mean_logprob'):.2f} per token, against "
+        f"{m('sample', 'mean_logprob'):.2f} for pure sampling) — and they read as the blandest.",
+        f"Search repeats itself. {pct(m(most_repetitive, 'repetition_rate'))} of the word 3-grams of "
+        f"{most_repetitive} repeat an earlier one in the same text (greedy {pct(m('greedy', 'repetition_rate'))}, "
+        f"beam {pct(m('beam', 'repetition_rate'))}); blocking repeated 3-grams brings beam search to "
+        f"{pct(m('beam-ngram', 'repetition_rate'))}.",
+        f"Sampling buys variety. {most_diverse} has the most distinct word pairs "
+        f"(distinct-2 {m(most_diverse, 'distinct_2'):.2f}, greedy {m('greedy', 'distinct_2'):.2f}). "
+        f"Temperature moves along that trade-off: at 0.7 the text is safer "
+        f"(log-prob {m('temperature-0.7', 'mean_logprob'):.2f}), at 1.3 wilder "
+        f"(log-prob {m('temperature-1.3', 'mean_logprob'):.2f}); top-k and top-p cut the unreliable tail of the distribution.",
+        f"Does the model just recite its training data? Of the token {NGRAM}-grams it produced, "
+        f"{pct(m(most_copied, 'train_8gram_share'))} appear verbatim in the training corpus under {most_copied}, "
+        f"{pct(m(least_copied, 'train_8gram_share'))} under {least_copied}"
+        + (f", and {pct(uncond_share)} in the unconditional samples" if uncond_share is not None else "")
+        + ". The likelier the decoding, the more it reproduces what it has seen; a model should generalise, "
+          "not copy — a high share on a small corpus is the sign of memorisation.",
+    ]
+    return "\n\n".join(points)
+
+
+def _unconditional_text(texts: list[str]) -> str:
+    return "\n\n".join(f"{i + 1}. " + " ".join(t.split()) for i, t in enumerate(texts))

@@ -6,7 +6,7 @@ import torch
 
 
 class KVCache:
-    """Keys and values of every layer, shaped (batch, kv_heads, max_len, head_dim).
+    """Keys and values of every layer in two buffers shaped (n_layer, batch, kv_heads, max_len, head_dim).
 
     `length` counts the positions already written; a forward pass over T new tokens writes
     positions [length, length + T) in every layer and then advances `length` by T.
@@ -14,15 +14,16 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch, n_kv_head, max_len, head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.spares: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # reorder targets by batch size
         self.length = 0
         self.max_len = max_len
 
     @property
     def batch_size(self) -> int:
-        return self.keys[0].shape[0]
+        return self.keys.shape[1]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values of `layer` and return views of everything cached so far."""
@@ -39,9 +40,20 @@ class KVCache:
         self.length += n
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search reordering, or expanding a prefill to several beams)."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+        """Select batch rows (beam search reordering, or expanding a prefill to several beams).
+
+        Only the written positions are copied, into buffers kept from an earlier reorder to the same
+        batch size where there is one (beam search then copies once per step and allocates nothing).
+        """
+        batch = index.numel()
+        new = self.spares.pop(batch, None)
+        if new is None:
+            shape = self.keys.shape[:1] + (batch,) + self.keys.shape[2:]
+            new = (self.keys.new_empty(shape), self.values.new_empty(shape))
+        for src, dst in zip((self.keys, self.values), new):
+            torch.index_select(src.narrow(3, 0, self.length), 1, index, out=dst.narrow(3, 0, self.length))
+        self.spares[self.batch_size] = (self.keys, self.values)
+        self.keys, self.values = new
 
 
 class EncDecCache:

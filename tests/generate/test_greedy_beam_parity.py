@@ -3,9 +3,9 @@ batches give exactly the same tokens (and beam scores within 1e-4); batching cha
 
 import pytest
 import torch
-from hf_models import left_padded_batch, save_tiny
 
 import lmforge
+from hf_models import left_padded_batch, save_tiny
 from lmforge.generate.api import generate
 
 KINDS = ["gpt2", "opt", "llama", "qwen2"]

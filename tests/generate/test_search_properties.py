@@ -7,8 +7,13 @@ import pytest
 import torch
 from generation_models import TableSession
 
-from lmforge.generate.diverse import (contrastive_scores, contrastive_search, degeneration_penalty,
-                                      group_beam_search, hamming_diversity)
+from lmforge.generate.diverse import (
+    contrastive_scores,
+    contrastive_search,
+    degeneration_penalty,
+    group_beam_search,
+    hamming_diversity,
+)
 from lmforge.generate.processors import GenerationConfig
 from lmforge.generate.search import StoppingCriteria, beam_search, greedy_or_sample
 

@@ -281,8 +281,8 @@ def render_html(results: LabResults, title: str, extra_sections: Sequence[Report
     keys = _shown_metrics(results)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head><body>",
-             f"<h1>{e(title)}</h1><p class='meta'>{len(results.prompts)} prompt(s), up to {results.max_new_tokens} "
-             f"new tokens, seed {results.seed}.</p>"]
+             (f"<h1>{e(title)}</h1><p class='meta'>{len(results.prompts)} prompt(s), up to "
+              f"{results.max_new_tokens} new tokens, seed {results.seed}.</p>")]
     for section in extra_sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
         parts += [f"<p>{e(p)}</p>" for p in section.text.split("\n\n") if p.strip()]

@@ -279,7 +279,7 @@ class Finetuner:
 
         step, tokens, epoch, window_loss, window_steps, window_tokens, window_time = 0, 0, 0, 0.0, 0, 0, 0.0
         warmup_end: float | None = None
-        best_value, best_iter, last_eval, stopped = None, None, None, "max_iters"
+        best_value, best_iter, last_eval, stopped, skipped = None, None, None, "max_iters", 0
         higher_is_better = cfg.best_metric != "val_loss"
 
         def learning_rate() -> float:
@@ -347,17 +347,21 @@ class Finetuner:
                         loss, nll = smoothed_cross_entropy(batch_logits(model, batch), batch["labels"],
                                                            cfg.label_smoothing)
                     scaler.scale(loss).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
+                    scaler.unscale_(optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                          cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                    finite = bool(torch.isfinite(norm))
+                    if finite or scaler.is_enabled():  # a scaler skips a non-finite step by itself
+                        scaler.step(optimizer)
+                    skipped += not finite
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     n_tokens = sum(len(train_ids[i][0]) + len(train_ids[i][1]) for i in batch_index)
                     tokens += n_tokens
                     nll_value = nll.item()
-                    window_loss, window_steps = window_loss + nll_value, window_steps + 1
+                    if finite:
+                        window_loss, window_steps = window_loss + nll_value, window_steps + 1
                     window_tokens += n_tokens
                     window_time += time.perf_counter() - step_start
                     if step % LOG_INTERVAL == 0:
@@ -384,6 +388,8 @@ class Finetuner:
         except KeyboardInterrupt:
             stopped = "interrupted"
             self.say(f"interrupted at iter {step}; saving {self.run_dir / LAST}")
+        if skipped:
+            self.note(f"skipped {skipped} step(s) whose loss or gradient was not finite (the weights were kept)")
         if stopped != "interrupted":
             evaluate(with_generation=cfg.gen_examples > 0)
         save_checkpoint(self.run_dir / LAST, model, tokenizer, state(stopped), self.generation)

@@ -46,6 +46,7 @@ class ModelShape:
     n_head: int = 4
     n_embd: int = 128
     block_size: int = field(default=64, metadata={"help": "context length of the training windows"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width; null: 4 * n_embd"})
     dropout: float = 0.0
     bias: bool = field(default=False, metadata={"help": "biases in linear layers and norms"})
 

@@ -279,7 +279,8 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             mcfg = ModelConfig.for_family(
                 shape.family, vocab_size=tok.vocab_size, n_layer=shape.n_layer, n_head=shape.n_head,
-                n_embd=shape.n_embd, block_size=shape.block_size, dropout=shape.dropout, bias=shape.bias,
+                n_embd=shape.n_embd, block_size=shape.block_size, intermediate_size=shape.intermediate_size,
+                dropout=shape.dropout, bias=shape.bias,
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             model = DecoderLM(mcfg)
         if tok.vocab_size > model.config.vocab_size:

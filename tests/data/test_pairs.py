@@ -129,7 +129,8 @@ def test_collate_seq2seq_pads_labels_with_minus_100(tokenizer):
 
 def test_collate_decoder_only_masks_the_prompt(tokenizer):
     enc = PairEncoder(tokenizer, False, "gpt2", 64, 64)
-    pairs, _ = enc.encode(["Tom asks"], [" Anna"], ["a"], "toy")
+    pairs, _ = enc.encode(["Tom asks"], ["Anna"], ["a"], "toy")
+    assert tokenizer.decode(pairs[0][1][:-1]) == " Anna"  # the completion follows the prompt after a space
     prompt, target = pairs[0]
     assert prompt[0] == tokenizer.bos_token_id and target[-1] == tokenizer.eos_token_id
     batch = enc.collate(pairs + [([2, 5], [6, 1])])

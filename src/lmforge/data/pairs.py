@@ -295,7 +295,9 @@ class PairEncoder:
 
     Encoder-decoder: source = [BOS (BART only)] prompt EOS, labels = [BOS (BART only)] target EOS; the
     decoder input is the labels shifted behind decoder_start_token_id (done by the model).
-    Decoder-only: input = [BOS] prompt target EOS, with the prompt positions masked out of the loss.
+    Decoder-only: input = [BOS] prompt target EOS, with the prompt positions masked out of the loss; the
+    target follows the prompt after a space (unless the prompt ends in whitespace), as GPT-2 style
+    tokenizers expect ("A:" + " white", not "A:" + "white").
     Lengths count these tokens; `too_long` says what happens to a longer source or target.
     """
 
@@ -323,7 +325,6 @@ class PairEncoder:
 
     def targets(self, targets: list[str], ids: list[str], report: LengthReport) -> list[list[int] | None]:
         prefix = self.bos if self.is_encoder_decoder else []
-        # a decoder-only target is glued to its prompt, so its leading space stays as written
         return self._fit(self.tokenizer.encode_batch(targets), prefix, self.eos, self.max_target_length, "target",
                          ids, report)
 
@@ -352,6 +353,8 @@ class PairEncoder:
                description: str) -> tuple[list[tuple[list[int], list[int]]], LengthReport]:
         """(source ids, target ids) of every kept example, and the report of what the limits changed."""
         report = LengthReport()
+        if not self.is_encoder_decoder:
+            targets = [t if not p or p[-1].isspace() or t[:1].isspace() else " " + t for p, t in zip(prompts, targets)]
         src = self.sources(prompts, ids, report)
         tgt = self.targets(targets, ids, report)
         pairs = [(s, t) for s, t in zip(src, tgt) if s is not None and t is not None]

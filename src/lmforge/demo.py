@@ -53,6 +53,7 @@ MODEL = {"model.family": "gpt2", "model.n_layer": 4, "model.n_head": 4, "model.n
 BATCH_SIZE = 16
 VOCAB_SIZE = 4096
 NGRAM = 8
+DEFAULT_MINUTES = 2.0  # training budget: the whole demo then takes about 3 minutes on 2 cores
 
 
 @dataclass
@@ -92,7 +93,7 @@ def planned_iters(minutes: float, seq_per_step: int) -> int:
     return max(20, int(minutes * 60 / step_s))
 
 
-def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes: float = 2.5,
+def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes: float = DEFAULT_MINUTES,
              seed: int = 1337, max_new_tokens: int = 48, quiet: bool = False) -> DemoResult:
     began = time.perf_counter()
     out = Path(out_dir)
@@ -145,7 +146,8 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
         ReportSection("Unconditional samples (nucleus sampling, top_p 0.9, no prompt)",
                       _unconditional_text(texts)),
     ]
-    paths = write_report(lab, out, title="lmforge demo: a small GPT trained on Python's docstrings",
+    what = "Python's docstrings" if data is None else Path(data).name
+    paths = write_report(lab, out, title=f"lmforge demo: a small GPT trained on {what}",
                          extra_sections=sections)
     seconds = time.perf_counter() - began
     say(f"report: {paths['html']} (and {paths['markdown'].name}); the whole demo took {format_duration(seconds)}",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.demo import DEFAULT_MINUTES, run_demo
 from lmforge.errors import LmforgeError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a text file, a folder of them, a .jsonl file or a named data set "
                                   "(default: the docstrings of Python's standard library)")
-    p.add_argument("--minutes", type=float, default=2.5, help="training budget in minutes (default 2.5)")
+    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                   help=f"training budget in minutes (default {DEFAULT_MINUTES:g})")
     p.add_argument("--out", default="runs/demo", help="the run folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per prompt and strategy")
@@ -18,8 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.demo import run_demo
-
     if args.minutes <= 0:
         raise LmforgeError(f"--minutes must be positive, got {args.minutes}")
     result = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed,

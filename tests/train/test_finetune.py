@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from hf_models import save_tiny
 from train_helpers import tiny
 
 import lmforge
+from hf_models import save_tiny
 from lmforge.data.prepare import prepare
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer

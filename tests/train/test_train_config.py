@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -26,6 +27,7 @@ def test_shipped_recipe_loads():
     cfg = load_config("configs/shakespeare-char-cpu.yaml")
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     assert (cfg.batch_size, cfg.max_iters, cfg.decay_iters, cfg.beta2, cfg.model.bias) == (12, 2000, 2000, 0.99, False)
+    assert (cfg.model.family, cfg.model.intermediate_size) == ("llama", 344)
 
 
 @pytest.mark.parametrize("items, message", [
@@ -67,7 +69,7 @@ def test_override_parsing_keeps_strings():
 
 
 def test_schedule_warmup_cosine_floor():
-    kw = dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, decay_iters=110)
+    kw = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10, "decay_iters": 110}
     assert lr_at(0, **kw) == pytest.approx(1e-3 / 11)
     assert lr_at(9, **kw) == pytest.approx(1e-3 * 10 / 11)
     assert lr_at(10, **kw) == pytest.approx(1e-3)
@@ -75,7 +77,7 @@ def test_schedule_warmup_cosine_floor():
     assert lr_at(110, **kw) == pytest.approx(1e-4) and lr_at(500, **kw) == pytest.approx(1e-4)
     assert lr_at(60, **kw, decay=False) == 1e-3
     values = [lr_at(i, **kw) for i in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert not math.isnan(lr_at(5, 1e-3, 1e-4, 0, 0))
 
 

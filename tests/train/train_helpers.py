@@ -2,8 +2,11 @@
 
 import random
 
-WORDS = ("the king and queen of shakespeare speak to thee my lord what say you now good night sweet prince "
-         "to be or not that is question whether tis nobler in mind suffer").split()
+WORDS = [
+    "the", "king", "and", "queen", "of", "shakespeare", "speak", "to", "thee", "my", "lord", "what",
+    "say", "you", "now", "good", "night", "sweet", "prince", "to", "be", "or", "not", "that", "is",
+    "question", "whether", "tis", "nobler", "in", "mind", "suffer"
+]
 
 
 def make_text(n_lines: int = 600, seed: int = 0) -> str:

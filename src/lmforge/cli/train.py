@@ -8,7 +8,6 @@ saved config.yaml when no --config is given).
 from __future__ import annotations
 
 import argparse
-
 import typing
 from pathlib import Path
 

@@ -17,9 +17,9 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
@@ -119,7 +119,8 @@ def open_corpus(spec: str | os.PathLike, text_field: str = "text", errors: str =
 def _decode_error(path: Path, offset: int, data: bytes, exc: UnicodeDecodeError) -> LmforgeError:
     bad = data[exc.start:exc.start + 1].hex()
     return LmforgeError(f"{path} is not UTF-8 text: byte 0x{bad} at byte offset {offset} cannot be decoded; "
-                        "convert the file to UTF-8 or pass --errors replace to substitute such bytes")
+                        "convert the file to UTF-8, or substitute such bytes with --errors replace "
+                        "(data.errors: replace in a training config)")
 
 
 def _read_text(path: Path, digest, errors: str, text_field: str, piece_chars: int) -> Iterator[tuple[str, bool]]:

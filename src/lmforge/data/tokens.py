@@ -38,7 +38,7 @@ class TokenData:
     tokenizer: object
 
     @classmethod
-    def open(cls, folder: str | Path) -> "TokenData":
+    def open(cls, folder: str | Path) -> TokenData:
         from lmforge.tokenizer import Tokenizer
 
         folder = Path(folder)

@@ -33,7 +33,7 @@ def setup(device_type: str) -> DistInfo:
     """Join the process group that torchrun describes in the environment; a single process otherwise."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
     if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)

@@ -16,7 +16,7 @@ PLOT = "loss.png"
 
 
 def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
@@ -79,6 +79,10 @@ class RunFiles:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def clear(self) -> None:
+        for name in (METRICS, LOG, SAMPLES, PLOT):
+            (self.run_dir / name).unlink(missing_ok=True)
 
     def truncate_after(self, iter_num: int) -> None:
         """Drop the records past `iter_num` (written after the checkpoint a resumed run starts from)."""

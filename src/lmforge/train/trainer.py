@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +190,7 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
         self.dtype = pick_dtype(cfg.dtype, device)
-        if self.dtype != "float32" and device.type == "cpu" and self.dtype == "float16":
+        if self.dtype == "float16" and device.type == "cpu":
             raise LmforgeError("dtype float16 needs a GPU; use float32 or bfloat16 on CPU")
         self.run_dir = Path(cfg.out_dir)
         self.files = RunFiles(self.run_dir)
@@ -319,6 +320,9 @@ class Trainer:
         saved_config = {**cfg.to_dict(), "init_from": state["config"]["init_from"] if state else cfg.init_from}
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if state is None:  # leftovers of a run that died before its first checkpoint
+                self.files.clear()
+                shutil.rmtree(self.run_dir / BEST, ignore_errors=True)
         data = self.load_data(init_folder)
         model, generation = self.build_model(data, init_folder, resuming=state is not None)
         self.model, self.tokenizer, self.generation = model, data.tokenizer, generation
@@ -348,7 +352,6 @@ class Trainer:
             write_text_atomic(self.run_dir / CONFIG, to_yaml(saved_config))
 
         train_module: nn.Module = torch.compile(model) if cfg.compile else model
-        eval_module = train_module
         if self.dist.enabled:
             train_module = DistributedDataParallel(train_module, device_ids=[dev.index] if dev.type == "cuda" else None)
         autocast = (torch.autocast(dev.type, dtype=AUTOCAST[self.dtype]) if self.dtype in AUTOCAST
@@ -390,8 +393,8 @@ class Trainer:
         stopped = "max_iters"
 
         def evaluate_and_save() -> None:
-            nonlocal best, best_iter, since_best, last_eval, train_time
-            losses = self.estimate_loss(eval_module, data)
+            nonlocal best, best_iter, since_best, last_eval
+            losses = self.estimate_loss(model, data)  # uncompiled: no second compilation for no_grad
             improved = losses["val"] < best
             if improved:
                 best, best_iter, since_best = losses["val"], iter_num, 0

@@ -82,7 +82,8 @@ def test_non_utf8_names_file_and_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_mod, "READ_BYTES", 7)  # the bad byte lands in a later read block
     src = tmp_path / "latin1.txt"
     src.write_bytes("héllo wörld ".encode() + b"caf\xe9 ok\n")
-    with pytest.raises(LmforgeError, match=r"latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 17 .*--errors replace"):
+    message = r"latin1.txt is not UTF-8 text: byte 0xe9 at byte offset 17 .*--errors replace"
+    with pytest.raises(LmforgeError, match=message):
         prepare(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     prepare(src, tmp_path / "out", errors="replace")

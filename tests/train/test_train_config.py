@@ -47,7 +47,8 @@ def test_bad_overrides_name_the_key(items, message):
 def test_unknown_yaml_key_names_the_closest(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  n_embed: 64\n")
-    with pytest.raises(LmforgeError, match=r"unknown config key 'model.n_embed' in .*run.yaml; did you mean model.n_embd"):
+    message = r"unknown config key 'model.n_embed' in .*run.yaml; did you mean model.n_embd"
+    with pytest.raises(LmforgeError, match=message):
         load_config(path)
     path.write_text("- a list\n")
     with pytest.raises(LmforgeError, match="mapping"):

@@ -110,7 +110,8 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, prepared, monkeypatch
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_mod.torch, "save", failing_save)
-    with pytest.raises(LmforgeError, match=r"disk is full while writing the checkpoint .*last.*previous checkpoint is intact"):
+    message = r"disk is full while writing the checkpoint .*last.*previous checkpoint is intact"
+    with pytest.raises(LmforgeError, match=message):
         train(settings(run, prepared, sample_tokens=0), quiet=True)
     assert json.loads((run / "last" / "trainer_state.json").read_text())["iter"] == 4
     assert lmforge.load(run / "last").model is not None

@@ -285,7 +285,8 @@ class Trainer:
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             model = DecoderLM(mcfg)
         if tok.vocab_size > model.config.vocab_size:
-            raise LmforgeError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}; "
+            raise LmforgeError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+                               f"{model.config.vocab_size}; "
                                "prepare the data with the model's tokenizer")
         for split in ("train", "val"):
             n = len(data.split(split))

@@ -27,6 +27,7 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+    tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())  # mkdtemp/mkstemp create private (0700/0600) paths
     try:
         yield tmp
         if is_dir:
@@ -50,6 +51,12 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
             raise LmforgeError(f"the disk is full while writing {final}; free some space and retry "
                                "(the previous version, if any, is intact)") from exc
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -111,7 +111,7 @@ def import_weights(hf_state: dict[str, torch.Tensor], maps: list[WeightMap], mod
             continue
         if missing:
             raise LmforgeError(f"{source} is missing the tensor {missing[0]}")
-        parts = [state[t].t() if m.transpose else state[t] for t in theirs]
+        parts = [state[t].t().contiguous() if m.transpose else state[t] for t in theirs]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         for name, shape in [(theirs[0], tensor.shape), *((a, state[a].shape) for a in aliases)]:
             if tuple(shape) != tuple(expected[m.ours].shape):

@@ -274,8 +274,6 @@ class Trainer:
                 raise LmforgeError(f"model.block_size ({shape.block_size}) is longer than the context of "
                                    f"{source} ({model.config.block_size}); lower model.block_size")
             set_dropout(model, shape.dropout)
-            for p in model.parameters():  # GPT-2 imports hold transposed views; fused AdamW needs plain layout
-                p.data = p.data.contiguous()
         else:
             torch.manual_seed(cfg.seed)
             mcfg = ModelConfig.for_family(

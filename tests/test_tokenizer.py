@@ -204,7 +204,8 @@ def test_t5_style_unigram_folder(tmp_path):
 
 def test_bart_style_bpe_folder(tmp_path):
     Tokenizer.train_bpe(CORPUS, vocab_size=300, special_tokens=("<s>", "<pad>", "</s>", "<unk>")).save(tmp_path)
-    _write_config(tmp_path, bos_token={"__type": "AddedToken", "content": "<s>"}, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    _write_config(tmp_path, bos_token={"__type": "AddedToken", "content": "<s>"}, eos_token="</s>", pad_token="<pad>",
+                  unk_token="<unk>")
     tok = Tokenizer.from_pretrained(tmp_path)
     assert tok.kind == "bpe"
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)

@@ -58,7 +58,7 @@ class ModelConfig:
             self.qkv_bias = self.bias
 
     @classmethod
-    def for_family(cls, family: str, **overrides) -> "ModelConfig":
+    def for_family(cls, family: str, **overrides) -> ModelConfig:
         """A config with the family's architectural defaults, then `overrides`."""
         if family not in DECODER_FAMILIES:
             raise LmforgeError(f"unknown model family '{family}'; choose one of {', '.join(DECODER_FAMILIES)}")

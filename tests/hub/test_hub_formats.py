@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
-from hf_models import hf_position_ids, left_padded_batch, save_tiny
 
 import lmforge
+from hf_models import hf_position_ids, left_padded_batch, save_tiny
 from lmforge.cli.main import main
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from hf_models import hf_position_ids, left_padded_batch, save_tiny
 
 import lmforge
+from hf_models import hf_position_ids, left_padded_batch, save_tiny
 
 KINDS = ["gpt2", "opt", "llama", "llama-tied", "mistral", "qwen2"]
 TOL = 1e-4

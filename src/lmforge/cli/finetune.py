@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="a run config (see configs/)")
     parser.add_argument("--quiet", action="store_true", help="print nothing while training")
     group = parser.add_argument_group("config keys (override the YAML file)")
-    for key, (kind, f) in config_keys().items():
+    for key, (_kind, f) in config_keys().items():
         flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
         default = f.default if f.default is not dataclasses.MISSING else None
         group.add_argument(*flags, dest=f"set:{key}", default=argparse.SUPPRESS, metavar="VALUE",

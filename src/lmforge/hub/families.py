@@ -8,11 +8,13 @@ Hugging Face tensors: several are concatenated along dim 0 (fused q/k/v, fused g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
+
 
 @dataclass(frozen=True)
 class WeightMap:

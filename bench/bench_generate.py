@@ -87,7 +87,8 @@ def run_ours(model, ids, new, params, seed):
 def run_hf(model, ids, new, params, seed):
     torch.manual_seed(seed)
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, eos_token_id=None, pad_token_id=0, **params)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, eos_token_id=None,
+                             pad_token_id=0, **params)
     assert out.shape[1] - ids.shape[1] == new
     return out[:, ids.shape[1]:]
 

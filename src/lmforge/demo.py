@@ -197,14 +197,15 @@ def _training_text(metrics: list[dict], vocab: int) -> str:
             f"average, as unsure as a uniform choice among that many tokens (of {vocab:,} possible)." + overfit)
 
 
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
 def _reading(lab: LabResults, uncond_share: float | None) -> str:
     by = {s.name: s.metrics for s in lab.strategies}
 
     def m(name: str, key: str) -> float:
         return by[name].get(key) or 0.0
-
-    def pct(x: float | None) -> str:
-        return "–" if x is None else f"{100 * x:.0f} %"
 
     likeliest = max(by, key=lambda n: m(n, "mean_logprob"))
     most_repetitive = max(by, key=lambda n: m(n, "repetition_rate"))
@@ -215,7 +216,7 @@ def _reading(lab: LabResults, uncond_share: float | None) -> str:
         f"Likelihood is not quality. {likeliest} finds the continuations the model itself rates most "
         f"likely (mean log-probability {m(likeliest, 'mean_logprob'):.2f} per token, against "
         f"{m('sample', 'mean_logprob'):.2f} for pure sampling) — and they read as the blandest.",
-        f"Search repeats itself. {pct(m(most_repetitive, 'repetition_rate'))} of the word 3-grams of "
+        f"Search repeats itself. {pct(m(most_repetitive, 'repetition_rate'))} of the token 3-grams of "
         f"{most_repetitive} repeat an earlier one in the same text (greedy {pct(m('greedy', 'repetition_rate'))}, "
         f"beam {pct(m('beam', 'repetition_rate'))}); blocking repeated 3-grams brings beam search to "
         f"{pct(m('beam-ngram', 'repetition_rate'))}.",
@@ -223,15 +224,25 @@ def _reading(lab: LabResults, uncond_share: float | None) -> str:
         f"(distinct-2 {m(most_diverse, 'distinct_2'):.2f}, greedy {m('greedy', 'distinct_2'):.2f}). "
         f"Temperature moves along that trade-off: at 0.7 the text is safer "
         f"(log-prob {m('temperature-0.7', 'mean_logprob'):.2f}), at 1.3 wilder "
-        f"(log-prob {m('temperature-1.3', 'mean_logprob'):.2f}); top-k and top-p cut the unreliable tail of the distribution.",
-        f"Does the model just recite its training data? Of the token {NGRAM}-grams it produced, "
-        f"{pct(m(most_copied, 'train_8gram_share'))} appear verbatim in the training corpus under {most_copied}, "
-        f"{pct(m(least_copied, 'train_8gram_share'))} under {least_copied}"
-        + (f", and {pct(uncond_share)} in the unconditional samples" if uncond_share is not None else "")
-        + ". The likelier the decoding, the more it reproduces what it has seen; a model should generalise, "
-          "not copy — a high share on a small corpus is the sign of memorisation.",
+        f"(log-prob {m('temperature-1.3', 'mean_logprob'):.2f}); top-k and top-p cut the unreliable tail "
+        "of the distribution.",
+        _copying_text(m(most_copied, "train_8gram_share"), most_copied, m(least_copied, "train_8gram_share"),
+                      least_copied, uncond_share),
     ]
     return "\n\n".join(points)
+
+
+def _copying_text(most: float, most_name: str, least: float, least_name: str, uncond: float | None) -> str:
+    head = "Does the model just recite its training data? "
+    if most == 0 and not uncond:
+        return head + (f"None of the token {NGRAM}-grams it generated, under any strategy, appears verbatim in the "
+                       "training corpus: this briefly trained model has not memorised its text. Train it longer "
+                       "(--minutes) and watch this column: a model should generalise, not copy.")
+    return head + (f"Of the token {NGRAM}-grams it produced, {pct(most)} appear verbatim in the training corpus under "
+                   f"{most_name} and {pct(least)} under {least_name}"
+                   + (f", {pct(uncond)} in the unconditional samples" if uncond is not None else "")
+                   + ". The likelier the decoding, the more it tends to reproduce what it has seen; a high share on a "
+                     "small corpus is the sign of memorisation rather than generalisation.")
 
 
 def _unconditional_text(texts: list[str]) -> str:

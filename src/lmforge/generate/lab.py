@@ -4,9 +4,9 @@
     write_report(results, "runs/lab")   # report.md, report.html, metrics.png, results.json
 
 Per strategy: mean log-probability of the generated tokens under the model, repetition rate (share
-of repeated word 3-grams within a text), corpus distinct-1/distinct-2 over words, mean length in
-tokens, tokens/s, and with a training-corpus n-gram index the share of generated token 8-grams found
-verbatim in the training data.
+of repeated token 3-grams within a text, so runs of newlines or punctuation count too), corpus
+distinct-1/distinct-2 over words, mean length in tokens, tokens/s, and with a training-corpus n-gram
+index the share of generated token 8-grams found verbatim in the training data.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
 DEFAULT_STRATEGIES = ("greedy", "beam", "contrastive", "top-k", "nucleus", "typical")
 METRICS = {  # key: (label, higher is "more" of what)
     "mean_logprob": "mean log-prob",
-    "repetition_rate": "repetition (3-gram)",
+    "repetition_rate": "repetition (token 3-grams)",
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
     "mean_length": "length (tokens)",
@@ -135,7 +135,7 @@ def compare_strategies(model, tokenizer, prompts: Sequence[str], strategies: Seq
                     for lp in continuation_logprobs(model, prompt_ids, c.token_ids)]
         metrics = {
             "mean_logprob": statistics.fmean(logprobs) if logprobs else None,
-            "repetition_rate": statistics.fmean(repetition_rate(t, 3) for t in texts),
+            "repetition_rate": statistics.fmean(repetition_rate(i, 3) for i in ids),
             "distinct_1": distinct_n(texts, 1),
             "distinct_2": distinct_n(texts, 2),
             "mean_length": statistics.fmean(len(i) for i in ids),

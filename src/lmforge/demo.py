@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from lmforge.data.stdlib_corpus import build_stdlib_corpus
 from lmforge.data.tokens import TokenData
 from lmforge.evaluate.novelty import NGramIndex
 from lmforge.generate.api import generate
-from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, write_report
+from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.hub.hf import load_folder
 from lmforge.train import load_config, train
-from lmforge.train.report import PLOT, format_duration
+from lmforge.train.report import METRICS, PLOT, RunFiles, format_duration
 
 PROMPTS = [
     "Return the number of",
@@ -106,7 +107,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
                        f"{stats.n_docs:,} documents after dropping {stats.n_duplicates_dropped} duplicates)")
         say(f"corpus: {corpus_note}: {stats.n_chars:,} characters", quiet)
     else:
-        source, corpus_note = data, f"{data}"
+        source, corpus_note = data, data
 
     max_iters = planned_iters(minutes, BATCH_SIZE)
     say(f"training a small GPT for about {minutes:g} min ({max_iters} steps planned)", quiet)
@@ -122,7 +123,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
     n_chars = data_files.manifest.get("chars")
     train_tokens = len(data_files.train)
     say(f"trained {result.iters} steps in {format_duration(result.elapsed_s)}; "
-        f"best validation loss {result.best_val_loss:.3f} (perplexity {2.718281828 ** result.best_val_loss:,.1f})",
+        f"best validation loss {result.best_val_loss:.3f} (perplexity {math.exp(result.best_val_loss):,.1f})",
         quiet)
 
     checkpoint = load_folder(result.best_dir)
@@ -134,12 +135,12 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
     unconditional = generate(model, None, tokenizer=tokenizer, do_sample=True, top_k=0, top_p=0.9,
                              num_return_sequences=3, max_new_tokens=max_new_tokens * 2, seed=seed)
     texts = [c.text for c in unconditional.completions[0]]
-    uncond_share = _share_in_training(index, [c.token_ids for c in unconditional.completions[0]])
+    uncond_share = train_ngram_share(index, [c.token_ids for c in unconditional.completions[0]])
 
-    metrics = [dict(r) for r in _read_metrics(result.run_dir)]
+    metrics = RunFiles(result.run_dir).read(METRICS)
     sections = [
         ReportSection("The run", _run_summary(corpus_note, n_chars, train_tokens, tokenizer.vocab_size, model,
-                                              result, metrics)),
+                                              result)),
         ReportSection("Training: loss falls, validation perplexity with it",
                       _training_text(metrics, tokenizer.vocab_size), result.run_dir / PLOT),
         ReportSection("What the numbers show", _reading(lab, uncond_share)),
@@ -155,23 +156,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
     return DemoResult(paths["html"], n_chars or 0, train_tokens, result.iters, result.best_val_loss, seconds)
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    from lmforge.train.report import METRICS, RunFiles
-
-    return RunFiles(run_dir).read(METRICS)
-
-
-def _share_in_training(index: NGramIndex, token_lists: list[list[int]]) -> float | None:
-    found = total = 0.0
-    for ids in token_lists:
-        share = index.share_found(ids)
-        if share is not None:
-            count = len(ids) - index.n + 1
-            found, total = found + share * count, total + count
-    return found / total if total else None
-
-
-def _run_summary(corpus_note: str, n_chars, train_tokens: int, vocab: int, model, result, metrics) -> str:
+def _run_summary(corpus_note: str, n_chars, train_tokens: int, vocab: int, model, result) -> str:
     cfg = model.config
     chars = f"{n_chars:,} characters, " if n_chars else ""
     return (f"Corpus: {corpus_note} — {chars}{train_tokens:,} training tokens after a byte-level BPE "
@@ -193,7 +178,7 @@ def _training_text(metrics: list[dict], vocab: int) -> str:
                "its small corpus." if gap > 0.3 else
                " Training and validation loss stay close: the model has not yet begun to memorise.")
     return (f"Validation loss fell from {first['val_loss']:.2f} at step {first['iter']} to {best['val_loss']:.2f} "
-            f"at step {best['iter']} — a perplexity of {2.718281828 ** best['val_loss']:,.1f}: the model is, on "
+            f"at step {best['iter']} — a perplexity of {math.exp(best['val_loss']):,.1f}: the model is, on "
             f"average, as unsure as a uniform choice among that many tokens (of {vocab:,} possible)." + overfit)
 
 

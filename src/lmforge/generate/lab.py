@@ -140,13 +140,13 @@ def compare_strategies(model, tokenizer, prompts: Sequence[str], strategies: Seq
             "distinct_2": distinct_n(texts, 2),
             "mean_length": statistics.fmean(len(i) for i in ids),
             "tokens_per_s": out.new_tokens / out.seconds if out.seconds > 0 else None,
-            "train_8gram_share": _train_share(train_index, ids),
+            "train_8gram_share": train_ngram_share(train_index, ids),
         }
         results.strategies.append(StrategyResult(strategy.name, strategy.params, texts, ids, metrics))
     return results
 
 
-def _train_share(index, token_lists: list[list[int]]) -> float | None:
+def train_ngram_share(index, token_lists: list[list[int]]) -> float | None:
     """Share of all generated n-grams (over every text) found in the index; None without one."""
     if index is None:
         return None

@@ -19,14 +19,18 @@ from pathlib import Path
 
 import torch
 
+from lmforge.config import ModelConfig
 from lmforge.data.stdlib_corpus import build_stdlib_corpus
 from lmforge.data.tokens import TokenData
 from lmforge.evaluate.novelty import NGramIndex
 from lmforge.generate.api import generate
 from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.hub.hf import load_folder
+from lmforge.models.decoder import DecoderLM
 from lmforge.train import load_config, train
+from lmforge.train.optim import make_optimizer
 from lmforge.train.report import METRICS, PLOT, RunFiles, format_duration
+from lmforge.train.trainer import lm_loss
 
 PROMPTS = [
     "Return the number of",
@@ -75,18 +79,15 @@ def say(text: str, quiet: bool) -> None:
 def planned_iters(minutes: float, seq_per_step: int) -> int:
     """Steps that fit the budget, from the speed of a few timed steps of the same shape on random data,
     so the cosine schedule reaches its floor near the end of the budget."""
-    from lmforge.config import ModelConfig
-    from lmforge.models.decoder import DecoderLM
-
     shape = {k.split(".", 1)[1]: v for k, v in MODEL.items()}
     family = shape.pop("family")
     model = DecoderLM(ModelConfig.for_family(family, vocab_size=VOCAB_SIZE, **shape)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, 1e-4, 0.1, (0.9, 0.99), "cpu")
     x = torch.randint(0, VOCAB_SIZE, (seq_per_step, MODEL["model.block_size"]))
     timings = []
     for _ in range(4):
         began = time.perf_counter()
-        model.loss(x, x).backward()
+        lm_loss(model, x, x).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - began)

@@ -8,7 +8,6 @@ attention, tied or untied output head.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import ModelConfig
@@ -152,11 +151,6 @@ class DecoderLM(nn.Module):
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)
-
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-        """Mean next-token cross-entropy; targets equal to `ignore_index` do not count."""
-        logits = self(input_ids)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, past: int, new: int,

@@ -241,15 +241,19 @@ def generate(model, inputs: Prompts = None, generation_config: GenerationConfig 
         prep = _Prepared(model, inputs, config, tokenizer, attention_mask, truncate, add_bos,
                          output_hidden=strategy == "contrastive")
         session, logits, stopping = prep.session, prep.logits, prep.stopping
-        if strategy in ("greedy", "sample"):
-            out = greedy_or_sample(session, logits, config, stopping, _pad_id(config),
-                                   _generator(seed, logits.device))
-        elif strategy == "contrastive":
-            out = contrastive_search(session, logits, config, stopping, _pad_id(config))
-        elif strategy == "group_beam":
-            out = group_beam_search(session, logits, config, stopping, _beam_fill(config))
-        else:
-            out = beam_search(session, logits, config, stopping, _beam_fill(config), _generator(seed, logits.device))
+        try:
+            if strategy in ("greedy", "sample"):
+                out = greedy_or_sample(session, logits, config, stopping, _pad_id(config),
+                                       _generator(seed, logits.device))
+            elif strategy == "contrastive":
+                out = contrastive_search(session, logits, config, stopping, _pad_id(config))
+            elif strategy == "group_beam":
+                out = group_beam_search(session, logits, config, stopping, _beam_fill(config))
+            else:
+                out = beam_search(session, logits, config, stopping, _beam_fill(config),
+                                  _generator(seed, logits.device))
+        finally:
+            session.close()
     seconds = time.perf_counter() - began
     return GenerationResult(prep.prompts, _completions(out, len(prep.prompts), tokenizer, config), out, strategy,
                             seconds, config)

@@ -28,6 +28,8 @@ The contract (:class:`DecodingSession`):
     With ``output_hidden=True`` at construction: final (normed) decoder hidden states (B, T, H) of
     the tokens fed by the last ``start`` (T = P) or ``step`` (T = 1) call; used by contrastive
     search. None otherwise.
+``close()``
+    Release what the session holds on the model (weights packed for its decoding steps).
 ``batch_size``
     Current number of rows.
 ``prompt_limit(max_new_tokens) -> int | None``
@@ -45,6 +47,7 @@ from typing import Protocol
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.models.layers import pack_linears, unpack_linears
 
 
 class DecodingSession(Protocol):
@@ -64,8 +67,28 @@ class DecodingSession(Protocol):
 
     def prompt_limit(self, max_new_tokens: int) -> int | None: ...
 
+    def close(self) -> None: ...
 
-class DecoderOnlySession:
+
+class _Packing:
+    """Packs the model's weights for the row count of the decoding steps (see models.layers.Linear):
+    once per row count, released by `close`."""
+
+    model: torch.nn.Module
+    packed_rows: int | None = None
+
+    def _pack(self, rows: int) -> None:
+        if rows != self.packed_rows:
+            pack_linears(self.model, rows)
+            self.packed_rows = rows
+
+    def close(self) -> None:
+        if self.packed_rows is not None:
+            unpack_linears(self.model)
+            self.packed_rows = None
+
+
+class DecoderOnlySession(_Packing):
     """A DecoderLM and its KV cache, preallocated to prompt + max_new_tokens positions.
 
     Per step it passes explicit position ids and the running attention mask, so nothing is
@@ -116,6 +139,7 @@ class DecoderOnlySession:
         return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._pack(tokens.numel())
         self.positions = self.positions + 1
         return self._forward(tokens.view(-1, 1), self.positions)
 
@@ -145,7 +169,7 @@ def open_session(model: torch.nn.Module, output_hidden: bool = False,
     return DecoderOnlySession(model, output_hidden=output_hidden)
 
 
-class Seq2SeqSession:
+class Seq2SeqSession(_Packing):
     """An EncoderDecoderLM: `start` runs the encoder once and feeds the decoder its start token; the
     decoder's self-attention keys/values and the cross-attention keys/values live in an EncDecCache
     preallocated to 1 + max_new_tokens positions.
@@ -201,6 +225,7 @@ class Seq2SeqSession:
         return self._forward(self.prefix_ids, encoder_hidden)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._pack(tokens.numel())
         return self._forward(tokens.view(-1, 1), None)
 
     def _forward(self, ids: torch.Tensor, encoder_hidden: torch.Tensor | None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 from lmforge.config import EncDecConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.cache import EncDecCache
-from lmforge.models.layers import MLP, attention, causal_padding_mask, init_gpt2_style, make_norm
+from lmforge.models.layers import MLP, Linear, attention, causal_padding_mask, init_gpt2_style, make_norm
 
 
 class Attention(nn.Module):
@@ -35,9 +35,9 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         inner = cfg.n_head * cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
-        self.o = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
+        self.q = Linear(cfg.d_model, inner, bias=cfg.bias)
+        self.kv = Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
+        self.o = Linear(inner, cfg.d_model, bias=cfg.bias)
         self.scale, self.dropout = cfg.attention_scale, cfg.attention_dropout
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +179,7 @@ class EncoderDecoderLM(nn.Module):
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Stack(cfg, decoder=False)
         self.decoder = Stack(cfg, decoder=True)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.register_buffer("final_logits_bias", torch.zeros(1, cfg.vocab_size) if cfg.final_logits_bias else None)
         self.init_weights()
 

@@ -39,9 +39,11 @@ class SelfAttention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         heads = self.qkv(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, q + k + v heads, T, head_dim)
-        q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if rope is not None:  # rotate queries and keys in one go
+            qk, v = heads.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)
+            q, k = apply_rotary(qk, *rope).split([self.n_head, self.n_kv_head], dim=1)
+        else:
+            q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)

@@ -7,7 +7,10 @@ the same training step: forward, cross-entropy, backward, gradient clipping at 1
 since torch 2.8) on the same batches. Variants are timed in turns, rotating the order each
 repetition, so drifting load on a shared machine hits all of them alike; we report medians.
 
-    python bench/bench_train.py [--reps 7] [--steps 3] [--threads 2] [--variants hf,ours,ours_compile]
+The variant `matmul_floor` times only the matrix products of that step (see matmul_floor_variant):
+how close to the hardware's limit both implementations are.
+
+    python bench/bench_train.py [--reps 7] [--steps 3] [--threads 2] [--variants hf,ours,ours_compile,matmul_floor]
 """
 
 from __future__ import annotations
@@ -62,8 +65,36 @@ def ours_model() -> torch.nn.Module:
     return DecoderLM(cfg).train()
 
 
+def matmul_floor_variant():
+    """Not a model: only the matrix products of the same shape's forward and backward (the linear layers
+    in nn.Linear's layout, causal SDPA attention, the tied output head). No norms, activations,
+    residuals, loss or optimizer: a lower bound on the step time of any float32 implementation built
+    on the same kernels."""
+    C, H, L, T, V = SHAPE["n_embd"], SHAPE["n_head"], SHAPE["n_layer"], SHAPE["block_size"], SHAPE["vocab_size"]
+    torch.manual_seed(0)
+    shapes = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)] * L
+    weights = [(torch.randn(s) * 0.02).requires_grad_() for s in shapes]
+    head = (torch.randn(V, C) * 0.02).requires_grad_()
+    F = torch.nn.functional
+
+    def step(x, y):
+        h = torch.randn(BATCH, T, C, requires_grad=True)
+        for i in range(L):
+            w_qkv, w_o, w_fc, w_proj = weights[4 * i:4 * i + 4]
+            q, k, v = F.linear(h, w_qkv).view(BATCH, T, 3 * H, C // H).transpose(1, 2).split(H, dim=1)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(BATCH, T, C)
+            h = F.linear(F.linear(F.linear(a, w_o), w_fc), w_proj)
+        F.linear(h, head).sum().backward()
+        for w in weights + [head]:
+            w.grad = None
+
+    return None, step
+
+
 def make_variant(name: str):
-    """(model, step function, seconds spent building/compiling) for a variant name."""
+    """(model, step function) for a variant name."""
+    if name == "matmul_floor":
+        return matmul_floor_variant()
     torch.manual_seed(0)
     model = hf_model() if name.startswith("hf") else ours_model()
     loss_fn = hf_loss if name.startswith("hf") else lm_loss

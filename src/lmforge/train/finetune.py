@@ -91,15 +91,21 @@ def finetune(config: FinetuneConfig | dict | str | os.PathLike, *, quiet: bool =
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, ...]:
-    """(label-smoothed loss, plain cross-entropy), both means over the labels that are not -100."""
+    """(label-smoothed loss, plain cross-entropy), both means over the labels that are not -100.
+
+    Ignored positions are weighted by zero rather than selected out, which would copy the
+    (tokens x vocabulary) log-probabilities forward and scatter them back in the backward pass.
+    """
     logp = F.log_softmax(logits.flatten(0, 1).float(), dim=-1)
     labels = labels.flatten()
-    keep = labels != -100
-    logp, labels = logp[keep], labels[keep]
-    nll = -logp.gather(1, labels[:, None]).squeeze(1).mean()
+    keep = (labels != -100).to(logp.dtype)
+    count = keep.sum().clamp(min=1)
+    token_nll = -logp.gather(1, labels.clamp(min=0)[:, None]).squeeze(1)
+    nll = (token_nll * keep).sum() / count
     if not smoothing:
         return nll, nll
-    return (1 - smoothing) * nll - smoothing * logp.mean(-1).mean(), nll
+    uniform = (-logp.mean(-1) * keep).sum() / count
+    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
 def batch_logits(model: nn.Module, batch: dict) -> torch.Tensor:

@@ -17,13 +17,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine_info import lscpu_fields  # noqa: E402
 
 ROWS = {
     # name: (model, batch, new tokens, decoding parameters)
@@ -41,13 +43,9 @@ PROMPT_LEN = 16
 
 
 def machine() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    except OSError:
-        lscpu = ""
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    fields = lscpu_fields()
     keep = ("Model name", "CPU(s)", "Thread(s) per core", "L2 cache", "L3 cache")
-    return {k: fields[k].strip() for k in keep if k in fields} | {"platform": platform.platform()}
+    return {k: fields[k] for k in keep if k in fields} | {"platform": platform.platform()}
 
 
 def copy_bandwidth(threads: int) -> float:

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,9 @@ from lmforge.evaluate.run import evaluate_pairs, write_reports
 from lmforge.train.finetune import finetune
 from lmforge.train.finetune_config import load_finetune_config
 
+sys.path.insert(0, str(Path(__file__).parent))
+from machine_info import cpu_name  # noqa: E402
+
 TASKS = {
     "samsum": {"config": "configs/samsum-t5-cpu.yaml", "metrics": ["rouge", "length", "novelty"],
                "anchors": {"lead3": {"rouge1": 31.5, "rouge2": 8.8},
@@ -49,11 +51,7 @@ TASKS = {
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = platform.processor() or "unknown CPU"
+    name = cpu_name() or "unknown CPU"
     return f"{name}, {os.cpu_count()} logical CPUs"
 
 

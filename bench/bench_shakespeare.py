@@ -40,7 +40,7 @@ from lmforge.train.optim import make_optimizer
 from lmforge.train.trainer import lm_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import cpu_name
+from machine_info import cpu_name
 
 CONFIG = Path(__file__).parent.parent / "configs" / "shakespeare-char-cpu.yaml"
 NANOGPT_VAL_LOSS, NANOGPT_SECONDS = 1.886, 106.0

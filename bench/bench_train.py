@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,17 +32,12 @@ from lmforge.models.decoder import DecoderLM
 from lmforge.train.optim import make_optimizer
 from lmforge.train.trainer import lm_loss
 
+sys.path.insert(0, str(Path(__file__).parent))
+from machine_info import cpu_name  # noqa: E402
+
 SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab_size": 65}
 BATCH = 8
 ADAMW = {"learning_rate": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.99)}
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def hf_model() -> torch.nn.Module:

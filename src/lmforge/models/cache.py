@@ -18,7 +18,6 @@ class KVCache:
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.spares: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # reorder targets by batch size
-        self.layers = list(zip(self.keys, self.values))  # per-layer views, made once
         self.length = 0
         self.max_len = max_len
 
@@ -32,7 +31,7 @@ class KVCache:
         end = self.length + new
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        keys, values = self.layers[layer]
+        keys, values = self.keys[layer], self.values[layer]
         keys.narrow(2, self.length, new).copy_(k)
         values.narrow(2, self.length, new).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
@@ -55,7 +54,6 @@ class KVCache:
             torch.index_select(src.narrow(3, 0, self.length), 1, index, out=dst.narrow(3, 0, self.length))
         self.spares[self.batch_size] = (self.keys, self.values)
         self.keys, self.values = new
-        self.layers = list(zip(self.keys, self.values))
 
 
 class EncDecCache:

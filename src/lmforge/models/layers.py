@@ -192,13 +192,14 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     kv_heads, L = k.shape[1], k.shape[2]
     group = H // kv_heads
     q = q.reshape(B * kv_heads, group, D) * (D ** -0.5 if scale is None else scale)
-    scores = torch.bmm(q, k.reshape(B * kv_heads, L, D).transpose(1, 2))  # (B * kv_heads, group, L)
+    scores = torch.bmm(q, k.reshape(B * kv_heads, L, D).transpose(1, 2)).view(B, kv_heads, group, L)
     if mask is not None:
-        mask = mask.expand(B, H, 1, L).reshape(B * kv_heads, group, L)
+        if mask.dim() == 4 and mask.shape[1] != 1:  # per head (T5's position bias): grouped like the heads
+            mask = mask.reshape(mask.shape[0], kv_heads, group, L)
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     probs = torch.softmax(scores, dim=-1) if scores.dtype == torch.float32 \
         else torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.bmm(probs, v.reshape(B * kv_heads, L, D)).view(B, H, 1, D)
+    return torch.bmm(probs.view(B * kv_heads, group, L), v.reshape(B * kv_heads, L, D)).view(B, H, 1, D)
 
 
 def causal_padding_mask(attention_mask: torch.Tensor | None, past: int, new: int,

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lmforge.config import ModelConfig
 from lmforge.models.decoder import DecoderLM
 from lmforge.models.layers import (
+    MLP,
     Linear,
     RMSNorm,
     RotaryEmbedding,
@@ -52,6 +53,21 @@ def test_rotary_matches_rotate_half_formula():
     emb = torch.cat((freqs, freqs), -1)[:, None]
     rotated = torch.cat((-x[..., 4:], x[..., :4]), -1)
     torch.testing.assert_close(apply_rotary(x, cos, signed_sin), x * emb.cos() + rotated * emb.sin())
+
+
+def test_rotary_backward_passes_gradcheck_on_a_strided_view():
+    cos, signed_sin = RotaryEmbedding(8, 10000.0)(torch.arange(5)[None], torch.float64)
+    qkv = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)  # heads as the model views them
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t.transpose(1, 2), cos, signed_sin), (qkv,))
+
+
+def test_swiglu_backward_matches_autograd_of_the_formula():
+    torch.manual_seed(0)
+    mlp = MLP(6, 4, "silu", gated=True, bias=False).double()
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mlp, (x,))
+    gate, up = mlp.fc(x).chunk(2, dim=-1)
+    torch.testing.assert_close(mlp(x), mlp.proj(F.silu(gate) * up))
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (4, 1)])

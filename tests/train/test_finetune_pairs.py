@@ -128,3 +128,25 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "no source field 'dialogue'; its fields are: id, text, summary" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_untied_t5_head_from_scratch(tmp_path):
+    """model.tie_embeddings false gives T5 its own output head, initialised for unit-variance logits."""
+    from lmforge.config import encdec_preset
+    from lmforge.models.encdec import EncoderDecoderLM
+
+    torch.manual_seed(0)
+    model = EncoderDecoderLM(encdec_preset("tiny-t5", d_model=256, head_dim=64, vocab_size=4000,
+                                           tie_word_embeddings=False))
+    assert model.lm_head.weight is not model.shared.weight and not model.config.scale_decoder_outputs
+    assert abs(model.lm_head.weight.std().item() - 256 ** -0.5) < 2e-3
+    assert abs(model.shared.weight.std().item() - 1.0) < 2e-2
+
+    data = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    result = finetune(small_run(tmp_path, data, max_iters=2, gen_examples=0,
+                                model={"tie_embeddings": False},
+                                data={"source_field": "text", "target_field": "summary"}), quiet=True)
+    saved = json.loads((result.last_dir / "config.json").read_text())
+    assert saved["tie_word_embeddings"] is False
+    ckpt = lmforge.load(result.last_dir)
+    assert ckpt.model.lm_head.weight.data_ptr() != ckpt.model.shared.weight.data_ptr()

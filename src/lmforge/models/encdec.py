@@ -184,14 +184,17 @@ class EncoderDecoderLM(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """T5: fan-in normal init scaled by initializer_factor; BART: N(0, initializer_range), zero biases."""
+        """T5: fan-in normal init scaled by initializer_factor (an untied head too); BART: N(0, initializer_range),
+        zero biases."""
         c = self.config
         if c.family != "t5":
             self.apply(lambda m: init_gpt2_style(m, c.initializer_range))
         else:
             f = c.initializer_factor
             nn.init.normal_(self.shared.weight, std=f)
-            nn.init.normal_(self.lm_head.weight, std=f)
+            # Tied, the head is rescaled by d_model ** -0.5. Untied, transformers draws it from N(0, 1), which
+            # makes the first logits sqrt(d_model) too large; N(0, d_model ** -0.5) gives them unit variance.
+            nn.init.normal_(self.lm_head.weight, std=f * (1.0 if c.tie_word_embeddings else c.d_model ** -0.5))
             for m in self.modules():
                 if isinstance(m, Attention):
                     nn.init.normal_(m.q.weight, std=f * (c.d_model * c.head_dim) ** -0.5)

@@ -113,6 +113,28 @@ def unpack_linears(model: nn.Module) -> None:
             module.pack = None
 
 
+class _SiluGateFunction(torch.autograd.Function):
+    """silu(gate) * up for h = [gate; up] (SwiGLU), with a backward that writes both halves of the
+    gradient into one tensor instead of concatenating two."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(h, act)
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, act = ctx.saved_tensors
+        gate, up = h.chunk(2, dim=-1)
+        dh = torch.empty_like(h)
+        d_gate, d_up = dh.chunk(2, dim=-1)
+        torch.mul(grad, act, out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return dh
+
+
 class MLP(nn.Module):
     """Feed-forward block; with `gated` the first projection holds [gate; up] (SwiGLU / gated-GELU)."""
 
@@ -120,12 +142,15 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = Linear(dim, hidden * (2 if gated else 1), bias=bias)
         self.proj = Linear(hidden, dim, bias=bias)
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.gated = gated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if self.gated:
+        if self.gated and self.activation == "silu":
+            h = _SiluGateFunction.apply(h)
+        elif self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:
@@ -158,11 +183,36 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((cos, cos), dim=-1)[:, None].to(dtype), torch.cat((-sin, sin), dim=-1)[:, None].to(dtype)
 
 
+class _RotaryFunction(torch.autograd.Function):
+    """x * cos + rotate_half(x) * sin without materialising rotate_half: each half of the output adds the
+    other half of x times its part of the signed sine. The backward is the inverse rotation, done the same
+    way (the half swap is its own inverse)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, signed_sin)
+        return _rotate(x, cos, signed_sin, inverse=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, signed_sin = ctx.saved_tensors
+        return _rotate(grad, cos, signed_sin, inverse=True), None, None
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    lo, hi = (signed_sin[..., half:], signed_sin[..., :half]) if inverse else \
+        (signed_sin[..., :half], signed_sin[..., half:])
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], lo)
+    out[..., half:].addcmul_(x[..., :half], hi)
+    return out
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, with rotate_half(x) = cat(-x2, x1) (the halves swapped, the sign in
-    `signed_sin`)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
+    `signed_sin`); cos and sin are constants (no gradient flows to them)."""
+    return _RotaryFunction.apply(x, cos, signed_sin)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

@@ -125,7 +125,8 @@ def build_model(cfg: FinetuneConfig, tokenizer: Tokenizer) -> nn.Module:
                         decoder_start_token_id=tokenizer.eos_token_id if family == "bart" else tokenizer.pad_token_id,
                         forced_bos_token_id=None, forced_eos_token_id=None)
         for key, value in (("d_model", m.d_model), ("n_head", m.n_head), ("d_ff", m.d_ff),
-                           ("n_encoder_layer", m.n_layer), ("n_decoder_layer", m.n_decoder_layer or m.n_layer)):
+                           ("n_encoder_layer", m.n_layer), ("n_decoder_layer", m.n_decoder_layer or m.n_layer),
+                           ("tie_word_embeddings", m.tie_embeddings)):
             if value is not None:
                 settings[key] = value
         if m.d_model or m.n_head:
@@ -139,7 +140,7 @@ def build_model(cfg: FinetuneConfig, tokenizer: Tokenizer) -> nn.Module:
         settings = dict(vocab_size=tokenizer.vocab_size, dropout=m.dropout, bos_token_id=tokenizer.bos_token_id, **ids,
                         block_size=m.context or d.max_source_length + d.max_target_length)
         for key, value in (("n_embd", m.d_model), ("n_head", m.n_head), ("intermediate_size", m.d_ff),
-                           ("n_layer", m.n_layer)):
+                           ("n_layer", m.n_layer), ("tie_word_embeddings", m.tie_embeddings)):
             if value is not None:
                 settings[key] = value
         return DecoderLM(preset(m.preset, **settings))

@@ -49,6 +49,9 @@ class PairModelConfig:
     n_decoder_layer: int | None = field(default=None, metadata={"help": "decoder layers, when not n_layer"})
     context: int | None = field(default=None, metadata={
         "help": "learned positions (BART) or block_size (decoder-only); null: enough for the length limits"})
+    tie_embeddings: bool | None = field(default=None, metadata={
+        "help": "share the input embedding with the output head (null: the preset's choice; T5 v1.0 ties "
+                "them, and from scratch an untied head learns several times faster per token)"})
     dropout: float = 0.1
 
 

@@ -308,8 +308,8 @@ class Finetuner:
                       "val_loss": self.validation_loss(), "lr": lr, "elapsed_s": round(elapsed(), 2),
                       "tokens_per_sec": round(window_tokens / window_time, 1) if window_time else None}
             record["val_ppl"] = math.exp(min(record["val_loss"], 50))
-            if record["train_loss"] is None:
-                record["train_loss"] = record["val_loss"]
+            if record["train_loss"] is None:  # no step since the last evaluation (or none at all yet)
+                record["train_loss"] = last_eval["train_loss"] if last_eval else record["val_loss"]
             if with_generation and self.gen_sources:
                 record.update(self.generation_metrics(step))
             value = record.get(cfg.best_metric)

@@ -52,19 +52,6 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, prepared):
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
 
 
-def test_evaluation_scores_small_batches_together_with_the_same_mean(tmp_path, prepared, monkeypatch):
-    import lmforge.train.trainer as trainer
-
-    merged = train(tiny(tmp_path / "merged", prepared, eval_iters=5, max_iters=4, sample_tokens=0), quiet=True)
-    monkeypatch.setattr(trainer, "EVAL_LOGITS", 1)  # one batch per forward, as before the merging
-    single = train(tiny(tmp_path / "single", prepared, eval_iters=5, max_iters=4, sample_tokens=0), quiet=True)
-    for a, b in zip(*(
-            [json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
-            for r in (merged, single))):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
-
-
 def test_patience_stops_when_validation_does_not_improve(tmp_path, prepared):
     # an update far below float32 resolution leaves the weights, and so the loss, unchanged
     result = train(tiny(tmp_path / "run", prepared, learning_rate=1e-30, min_lr=0, max_iters=40, eval_interval=2,

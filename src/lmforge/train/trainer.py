@@ -111,9 +111,6 @@ def pick_dtype(name: str, device: torch.device) -> str:
     return "float32"
 
 
-EVAL_LOGITS = 1 << 22  # logits per evaluation forward (16 MiB in float32) when batches are merged
-
-
 def lm_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the batch; `module` may be compiled or wrapped by DDP."""
     logits = module(x)
@@ -503,23 +500,18 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_loss(self, module: nn.Module, data: TokenData) -> dict[str, float]:
-        """Mean loss over `eval_iters` batches per split; the same windows at every evaluation. Small
-        batches are scored several at a time (up to EVAL_LOGITS logits per forward): the same mean, in
-        fewer and larger products (the shakespeare-char recipe's 20 batches of 12 x 64 in one forward)."""
+        """Mean loss over `eval_iters` batches per split; the same windows at every evaluation."""
         cfg = self.cfg
         self.model.eval()
         out = {}
-        logits_per_batch = cfg.batch_size * cfg.model.block_size * self.model.config.vocab_size
-        per_forward = max(1, EVAL_LOGITS // logits_per_batch)
         for offset, split in enumerate(("train", "val")):
             sampler = WindowSampler(data.split(split), cfg.model.block_size, cfg.batch_size, cfg.seed + 1 + offset,
                                     self.dist.rank, self.dist.world_size)
             total = torch.zeros((), dtype=torch.float64, device=self.device)
-            for start in range(0, cfg.eval_iters, per_forward):
-                group = [sampler.next_batch(self.device) for _ in range(min(per_forward, cfg.eval_iters - start))]
-                x, y = torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group])
+            for _ in range(cfg.eval_iters):
+                x, y = sampler.next_batch(self.device)
                 with self.autocast:
-                    total += lm_loss(module, x, y).double() * len(group)
+                    total += lm_loss(module, x, y).double()
             out[split] = distributed.mean_over_ranks(self.dist, total.item() / cfg.eval_iters, self.device)
         self.model.train()
         return out

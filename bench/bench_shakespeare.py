@@ -114,6 +114,54 @@ class NanoGPTReference(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 
+def reference_step(cfg, vocab: int):
+    """One training step of the nanoGPT-style reference with the recipe's optimizer settings (nanoGPT's CPU
+    AdamW: decay on matrices only, the for-loop implementation)."""
+    m = cfg.model
+    ref = NanoGPTReference(vocab, m.n_layer, m.n_head, m.n_embd, m.block_size)
+    groups = [{"params": [p for p in ref.parameters() if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in ref.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+
+    def step(x, y):
+        ref(x, y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def lmforge_step(model: nn.Module, cfg):
+    """One training step of an lmforge model as the trainer takes it (compiled when the recipe says so)."""
+    forward = torch.compile(model) if cfg.compile else model
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
+
+    def step(x, y):
+        lm_loss(forward, x, y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def median_step_times(steps: dict, batches: list, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per step of each of `steps`, taken in turn on every batch (the order reversed every
+    other round, so load that drifts on a shared machine hits all alike)."""
+    for step in steps.values():
+        for x, y in batches[:warmup]:
+            step(x, y)
+    names = list(steps)
+    times = {name: [] for name in names}
+    for i, (x, y) in enumerate(batches):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            steps[name](x, y)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def calibrate(cfg, data: TokenData, rounds: int = 60) -> dict:
     """Training-step time of lmforge (as configured) vs the nanoGPT-style reference on the same batches.
 
@@ -131,41 +179,12 @@ def calibrate(cfg, data: TokenData, rounds: int = 60) -> dict:
         return x, y
 
     torch.manual_seed(0)
-    ref = NanoGPTReference(vocab, m.n_layer, m.n_head, m.n_embd, m.block_size)
-    groups = [{"params": [p for p in ref.parameters() if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in ref.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-    ref_opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))  # nanoGPT on CPU
     ours = DecoderLM(ModelConfig.for_family(
         m.family, vocab_size=vocab, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
         intermediate_size=m.intermediate_size, bias=m.bias, dropout=m.dropout)).train()
-    our_forward = torch.compile(ours) if cfg.compile else ours
-    our_opt = make_optimizer(ours, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
-
-    def ref_step(x, y):
-        ref(x, y).backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
-        ref_opt.step()
-        ref_opt.zero_grad(set_to_none=True)
-
-    def our_step(x, y):
-        lm_loss(our_forward, x, y).backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), cfg.grad_clip)
-        our_opt.step()
-        our_opt.zero_grad(set_to_none=True)
-
-    batches = [batch() for _ in range(rounds)]
-    steps = {"nanogpt_reference": ref_step, "lmforge": our_step}
-    for step in steps.values():
-        for x, y in batches[:3]:
-            step(x, y)
-    times = {name: [] for name in steps}
-    for i, (x, y) in enumerate(batches):
-        for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
-            start = time.perf_counter()
-            steps[name](x, y)
-            times[name].append(time.perf_counter() - start)
+    steps = {"nanogpt_reference": reference_step(cfg, vocab), "lmforge": lmforge_step(ours, cfg)}
+    med = median_step_times(steps, [batch() for _ in range(rounds)])
     tokens = cfg.batch_size * m.block_size
-    med = {k: statistics.median(v) for k, v in times.items()}
     return {"tokens_per_sec_median": {k: round(tokens / v, 1) for k, v in med.items()},
             "speedup_vs_nanogpt_step": round(med["nanogpt_reference"] / med["lmforge"], 3),
             "rounds": rounds, "threads": torch.get_num_threads()}

@@ -8,8 +8,10 @@ import torch
 
 import lmforge
 from lmforge.cli.main import main
+from lmforge.config import encdec_preset
 from lmforge.errors import LmforgeError
 from lmforge.generate.api import generate
+from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.train.finetune import finetune
 from lmforge.train.finetune_config import load_finetune_config
 
@@ -132,9 +134,6 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 
 def test_untied_t5_head_from_scratch(tmp_path):
     """model.tie_embeddings false gives T5 its own output head, initialised for unit-variance logits."""
-    from lmforge.config import encdec_preset
-    from lmforge.models.encdec import EncoderDecoderLM
-
     torch.manual_seed(0)
     model = EncoderDecoderLM(encdec_preset("tiny-t5", d_model=256, head_dim=64, vocab_size=4000,
                                            tie_word_embeddings=False))

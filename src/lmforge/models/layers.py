@@ -185,27 +185,25 @@ class RotaryEmbedding(nn.Module):
 
 class _RotaryFunction(torch.autograd.Function):
     """x * cos + rotate_half(x) * sin without materialising rotate_half: each half of the output adds the
-    other half of x times its part of the signed sine. The backward is the inverse rotation, done the same
-    way (the half swap is its own inverse)."""
+    other half of x times its part of the signed sine. The backward is the inverse rotation: the same with
+    the sine negated."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, signed_sin)
-        return _rotate(x, cos, signed_sin, inverse=False)
+        return _rotate(x, cos, signed_sin, 1.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         cos, signed_sin = ctx.saved_tensors
-        return _rotate(grad, cos, signed_sin, inverse=True), None, None
+        return _rotate(grad, cos, signed_sin, -1.0), None, None
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, sign: float) -> torch.Tensor:
     half = x.shape[-1] // 2
-    lo, hi = (signed_sin[..., half:], signed_sin[..., :half]) if inverse else \
-        (signed_sin[..., :half], signed_sin[..., half:])
     out = x * cos
-    out[..., :half].addcmul_(x[..., half:], lo)
-    out[..., half:].addcmul_(x[..., :half], hi)
+    out[..., :half].addcmul_(x[..., half:], signed_sin[..., :half], value=sign)
+    out[..., half:].addcmul_(x[..., :half], signed_sin[..., half:], value=sign)
     return out
 
 

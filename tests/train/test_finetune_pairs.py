@@ -62,6 +62,8 @@ def test_seq2seq_overfits_a_handful_of_pairs(seq2seq_run):
     result, _ = seq2seq_run
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["val_loss"] < 0.5 * metrics[0]["val_loss"]
+    # untrained, the source hardly matters; trained, a target after the wrong source costs far more
+    assert abs(metrics[0]["source_gain"]) < 0.1 and metrics[-1]["source_gain"] > 1.0
     assert result.last_eval["rouge1"] > 90 and result.best_metric == "rouge1"
     for name in ("config.yaml", "log.jsonl", "loss.png", "samples.txt"):
         assert (result.run_dir / name).is_file()

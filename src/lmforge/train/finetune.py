@@ -258,6 +258,10 @@ class Finetuner:
         self.model, self.tokenizer, self.encoder = model.to(dev), tokenizer, encoder
         self.generation = {**generation, **cfg.generation_config()}
         self.loss_pairs = val_ids[:cfg.eval_examples] if cfg.eval_examples else val_ids
+        # Each target beside the next example's source: the loss gap to the real pairs is what the model
+        # takes from the source (near zero when the decoder has become a plain language model of targets).
+        self.swapped_pairs = [(self.loss_pairs[(i + 1) % len(self.loss_pairs)][0], target)
+                              for i, (_, target) in enumerate(self.loss_pairs)]
         gen_count = min(cfg.gen_examples, len(val))
         gen_prompts = val.prompts(d.template, d.prefix)[:gen_count]
         sources = encoder.sources(gen_prompts, val.ids[:gen_count], LengthReport())  # counted above already
@@ -305,9 +309,11 @@ class Finetuner:
             nonlocal best_value, best_iter, last_eval, window_loss, window_steps
             record = {"iter": step, "epoch": epoch,
                       "train_loss": window_loss / window_steps if window_steps else None,
-                      "val_loss": self.validation_loss(), "lr": lr, "elapsed_s": round(elapsed(), 2),
+                      "val_loss": self.validation_loss(self.loss_pairs), "lr": lr, "elapsed_s": round(elapsed(), 2),
                       "tokens_per_sec": round(window_tokens / window_time, 1) if window_time else None}
             record["val_ppl"] = math.exp(min(record["val_loss"], 50))
+            if len(self.loss_pairs) > 1:
+                record["source_gain"] = self.validation_loss(self.swapped_pairs) - record["val_loss"]
             if record["train_loss"] is None:  # no step since the last evaluation (or none at all yet)
                 record["train_loss"] = last_eval["train_loss"] if last_eval else record["val_loss"]
             if with_generation and self.gen_sources:
@@ -322,8 +328,9 @@ class Finetuner:
             last_eval = record
             self.files.append(METRICS, record)
             shown = ", ".join(f"{k} {record[k]:.2f}" for k in metric_columns(self.metrics) if k in record)
+            gain = f", source gain {record['source_gain']:.3f}" if "source_gain" in record else ""
             self.say(f"eval iter {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
-                     + (f", {shown}" if shown else "") + ("  * best" if improved else ""))
+                     + gain + (f", {shown}" if shown else "") + ("  * best" if improved else ""))
             self.emit("eval", **record)
             self.files.plot()
             window_loss, window_steps = 0.0, 0
@@ -412,14 +419,14 @@ class Finetuner:
     # ---- evaluation ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def validation_loss(self) -> float:
-        """Token-weighted mean cross-entropy (no smoothing) over the fixed validation sample."""
+    def validation_loss(self, pairs: list[tuple[list[int], list[int]]]) -> float:
+        """Token-weighted mean cross-entropy (no smoothing) of the targets of `pairs` given their sources."""
         model = self.model
         model.eval()
         total, count = 0.0, 0
-        lengths = [(len(s), len(t)) for s, t in self.loss_pairs]
+        lengths = [(len(s), len(t)) for s, t in pairs]
         for index in length_batches(lengths, self.cfg.batch_tokens, self.cfg.max_batch_size, None):
-            batch = self.encoder.collate([self.loss_pairs[i] for i in index], self.device)
+            batch = self.encoder.collate([pairs[i] for i in index], self.device)
             with self.autocast:
                 logits = batch_logits(model, batch)
             labels = batch["labels"]

@@ -122,7 +122,7 @@ def bench(task_name: str, args: argparse.Namespace) -> None:
                      "best_checkpoint": {"by": result.best_metric, "value": result.best_value,
                                          "iter": result.best_iter},
                      "notes": result.notes},
-        "curve": [{k: r.get(k) for k in ("iter", "epoch", "train_loss", "val_loss", "lr", "elapsed_s")}
+        "curve": [{k: r.get(k) for k in ("iter", "epoch", "train_loss", "val_loss", "source_gain", "lr", "elapsed_s")}
                   for r in metrics_log],
         "evaluation": {"split": "validation", "examples": len(run.outputs), "decoding": report.generation,
                        "seconds": round(eval_seconds, 1), "metrics": {k: round(v, 2) for k, v in run.scores.items()},

@@ -9,11 +9,13 @@ import torch
 import lmforge
 from lmforge.cli.main import main
 from lmforge.config import encdec_preset
+from lmforge.data.pairs import PairEncoder
 from lmforge.errors import LmforgeError
 from lmforge.generate.api import generate
 from lmforge.models.encdec import EncoderDecoderLM
-from lmforge.train.finetune import finetune
-from lmforge.train.finetune_config import load_finetune_config
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.finetune import COPY_PROMPT, copy_examples, finetune
+from lmforge.train.finetune_config import PairDataConfig, load_finetune_config
 
 PAIRS = [
     {"id": "a", "text": "the cat sat on the mat", "summary": "cat on mat"},
@@ -151,3 +153,33 @@ def test_untied_t5_head_from_scratch(tmp_path):
     assert saved["tie_word_embeddings"] is False
     ckpt = lmforge.load(result.last_dir)
     assert ckpt.model.lm_head.weight.data_ptr() != ckpt.model.shared.weight.data_ptr()
+
+
+def test_copy_examples_are_windows_of_the_sources():
+    sources = [p["text"] * 3 for p in PAIRS] * 5
+    tokenizer = Tokenizer.train_bpe(sources, vocab_size=300, special_tokens=("<s>", "<pad>", "</s>"))
+    encoder = PairEncoder(tokenizer, True, "bart", 24, 10)
+    copies = copy_examples(sources, tokenizer, encoder, 0.5, PairDataConfig(max_source_length=24, max_target_length=10),
+                           seed=3)
+    assert len(copies) == 10
+    prompt = tokenizer.encode(COPY_PROMPT)
+    encoded = [tokenizer.encode(s) for s in sources]
+    for source, target in copies:
+        window = target[1:-1]
+        assert target == encoder.bos + window + encoder.eos and len(target) <= 10 and len(source) <= 24
+        assert source == encoder.bos + prompt + window + encoder.eos
+        assert any(window == toks[i:i + len(window)] for toks in encoded for i in range(len(toks)))
+
+
+def test_copy_fraction_in_a_run(tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    result = finetune(small_run(tmp_path, data, max_iters=2, gen_examples=0, copy_fraction=1.0,
+                                data={"source_field": "text", "target_field": "summary"}), quiet=True)
+    assert any("4 copy example(s) from" in note and "train first" in note for note in result.notes)
+    # the 4 pairs and the 4 copies are one batch each: step 1 is the copy pass, step 2 the first epoch
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["iter"] == 2 and metrics[-1]["epoch"] == 1
+    with pytest.raises(LmforgeError, match="copy_fraction applies to encoder-decoder models only"):
+        finetune(small_run(tmp_path, write_jsonl(tmp_path / "q.jsonl", QA), out_dir=str(tmp_path / "dec"),
+                           copy_fraction=0.5, model={"preset": "tiny-gpt2"},
+                           data={"source_field": "question", "target_field": "answer"}), quiet=True)

@@ -42,7 +42,7 @@ from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import save_checkpoint
 from lmforge.train.config import to_yaml
-from lmforge.train.finetune_config import FinetuneConfig, load_finetune_config
+from lmforge.train.finetune_config import FinetuneConfig, PairDataConfig, load_finetune_config
 from lmforge.train.optim import lr_at, make_optimizer
 from lmforge.train.report import LOG, METRICS, Progress, RunFiles, format_duration
 from lmforge.train.trainer import AUTOCAST, pick_device, pick_dtype, set_dropout
@@ -146,6 +146,38 @@ def build_model(cfg: FinetuneConfig, tokenizer: Tokenizer) -> nn.Module:
         return DecoderLM(preset(m.preset, **settings))
     raise LmforgeError(f"unknown model preset {m.preset!r}; encoder-decoder: {', '.join(ENCDEC_PRESETS)}; "
                        f"decoder-only: {', '.join(PRESETS)}")
+
+
+COPY_PROMPT = "copy: "
+COPY_LENGTHS = (8, 32)  # tokens of a copy window, drawn uniformly
+
+
+def copy_examples(sources: list[str], tokenizer: Tokenizer, encoder: PairEncoder, fraction: float,
+                  data: PairDataConfig, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Copy examples from a random `fraction` of the training sources: the source is COPY_PROMPT and a
+    random window of 8-32 of the source's tokens, the target is that window.
+
+    Trained from scratch on long sources (dialogues of hundreds of tokens), an encoder-decoder collapses
+    before it learns to read: while cross-attention is still uniform, every encoder position receives the
+    same gradient, the encoder learns to output one constant vector, and the decoder becomes a language
+    model of the targets (bench/README.md, Seq2seq). Short sources make the per-position signal strong
+    enough to form the alignment first, and copying cannot be learned without reading the source."""
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(range(len(sources)), round(fraction * len(sources))))
+    prompt = tokenizer.encode(COPY_PROMPT)
+    specials = len(encoder.bos) + len(encoder.eos)
+    room = min(data.max_target_length - specials, data.max_source_length - specials - len(prompt))
+    if room < 1:
+        raise LmforgeError("max_source_length/max_target_length leave no room for copy examples; "
+                           "raise them or set copy_fraction to 0")
+    out = []
+    for toks in tokenizer.encode_batch([sources[i] for i in chosen]):
+        if toks:
+            length = min(room, rng.randint(*COPY_LENGTHS))
+            start = rng.randrange(max(len(toks) - length, 0) + 1)
+            window = toks[start:start + length]
+            out.append((encoder.bos + prompt + window + encoder.eos, encoder.bos + window + encoder.eos))
+    return out
 
 
 def check_lengths(model: nn.Module, cfg: FinetuneConfig, source: str) -> None:
@@ -252,6 +284,13 @@ class Finetuner:
                                            train.description)
         for text in report.notes(train.description):
             self.note(text)
+        copies = []
+        if cfg.copy_fraction:
+            if not model.is_encoder_decoder:
+                raise LmforgeError("copy_fraction applies to encoder-decoder models only; set it to 0")
+            copies = copy_examples(train.sources, tokenizer, encoder, cfg.copy_fraction, d, cfg.seed)
+            self.note(f"{len(copies)} copy example(s) from {train.description} sources train first "
+                      f"(copy_fraction {cfg.copy_fraction:g})")
         val_ids, report = encoder.encode(val.prompts(d.template, d.prefix), val.targets, val.ids, val.description)
         for text in report.notes(val.description):
             self.note(text)
@@ -275,7 +314,6 @@ class Finetuner:
         write_text_atomic(self.run_dir / CONFIG, to_yaml(cfg.to_dict()))
         optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), dev.type)
         scaler = torch.amp.GradScaler(dev.type, enabled=self.dtype == "float16")
-        lengths = [(len(s), len(t)) for s, t in train_ids]
         rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
         plan = f"{cfg.max_iters} steps" if cfg.max_iters is not None else f"{cfg.max_minutes} minutes"
@@ -342,10 +380,14 @@ class Finetuner:
 
         lr = learning_rate()
         evaluate(with_generation=False)
+        copy_pass = bool(copies)
         try:
-            while stopped == "max_iters":
-                batches = length_batches(lengths, cfg.batch_tokens, cfg.max_batch_size, rng)
-                epoch += 1
+            while stopped == "max_iters" and (cfg.max_iters is None or step < cfg.max_iters):
+                # one pass over the copy examples (if any) first, then epochs over the task's pairs
+                examples, copy_pass = (copies if copy_pass else train_ids), False
+                batches = length_batches([(len(s), len(t)) for s, t in examples], cfg.batch_tokens,
+                                         cfg.max_batch_size, rng)
+                epoch += examples is train_ids
                 for batch_index in batches:
                     if cfg.max_iters is not None and step >= cfg.max_iters:
                         break
@@ -356,7 +398,7 @@ class Finetuner:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     step_start = time.perf_counter()
-                    batch = encoder.collate([train_ids[i] for i in batch_index], dev)
+                    batch = encoder.collate([examples[i] for i in batch_index], dev)
                     with self.autocast:
                         loss, nll = smoothed_cross_entropy(batch_logits(model, batch), batch["labels"],
                                                            cfg.label_smoothing)
@@ -371,7 +413,7 @@ class Finetuner:
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    n_tokens = sum(len(train_ids[i][0]) + len(train_ids[i][1]) for i in batch_index)
+                    n_tokens = sum(len(examples[i][0]) + len(examples[i][1]) for i in batch_index)
                     tokens += n_tokens
                     nll_value = nll.item()
                     if finite:

@@ -76,6 +76,10 @@ class FinetuneConfig:
     beta2: float = 0.98
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0: off"})
     label_smoothing: float = field(default=0.1, metadata={"help": "of the cross-entropy (padding never counts)"})
+    copy_fraction: float = field(default=0.0, metadata={
+        "help": "encoder-decoder only: this share of the training sources also become copy examples ('copy: ' "
+                "and a window of the source -> the window), which teach a model from scratch to read its "
+                "encoder; 0: off"})
     eval_interval: int = field(default=200, metadata={"help": "validation loss every this many steps"})
     eval_examples: int = field(default=200, metadata={"help": "validation examples in each loss evaluation; 0: all"})
     gen_interval: int = field(default=0, metadata={
@@ -150,6 +154,7 @@ def validate(c: FinetuneConfig) -> FinetuneConfig:
         (c.learning_rate > 0 and 0 <= c.min_lr <= c.learning_rate, "need learning_rate > 0 and 0 <= min_lr <= it"),
         (c.warmup_iters >= 0, "warmup_iters must not be negative"),
         (0 <= c.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 <= c.copy_fraction <= 1, "copy_fraction must be in [0, 1]"),
         (c.eval_interval >= 1, "eval_interval must be at least 1"),
         (c.gen_interval >= 0 and c.gen_examples >= 0 and c.eval_examples >= 0,
          "gen_interval, gen_examples and eval_examples must not be negative"),

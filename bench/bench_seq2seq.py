@@ -2,7 +2,7 @@
 
     LMFORGE_DATA=../shared/data python bench/bench_seq2seq.py --task samsum --minutes 10 --device cpu
 
-Trains the recipe of configs/samsum-t5-cpu.yaml or configs/multi30k-cpu.yaml for a wall-clock budget
+Trains the recipe of configs/samsum-cpu.yaml or configs/multi30k-cpu.yaml for a wall-clock budget
 (the learning-rate schedule is planned on that budget), takes the checkpoint with the best validation
 loss, decodes the whole validation split with beam search (4 beams) and scores it. On CUDA it trains in
 bfloat16 autocast with 8x larger batches. Writes bench/results/seq2seq_<task>_<device>_<minutes>min.json
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine_info import cpu_name  # noqa: E402
 
 TASKS = {
-    "samsum": {"config": "configs/samsum-t5-cpu.yaml", "metrics": ["rouge", "length", "novelty"],
+    "samsum": {"config": "configs/samsum-cpu.yaml", "metrics": ["rouge", "length", "novelty"],
                "anchors": {"lead3": {"rouge1": 31.5, "rouge2": 8.8},
                            "bart_large_finetuned": {"rouge1": "about 48-52"}},
                "target": {"rouge1": 33.0, "rouge2": 10.0}},

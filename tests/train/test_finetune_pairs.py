@@ -2,6 +2,7 @@
 handful of pairs (the loss falls, greedy decoding reproduces a target); config overrides and errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,9 @@ def test_copy_fraction_in_a_run(tmp_path):
         finetune(small_run(tmp_path, write_jsonl(tmp_path / "q.jsonl", QA), out_dir=str(tmp_path / "dec"),
                            copy_fraction=0.5, model={"preset": "tiny-gpt2"},
                            data={"source_field": "question", "target_field": "answer"}), quiet=True)
+
+
+@pytest.mark.parametrize("name", ["multi30k-cpu", "samsum-cpu"])
+def test_seq2seq_recipes_load(name):
+    config = load_finetune_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert config.model.preset == "tiny-bart" and config.max_minutes == 60 and config.max_iters is None

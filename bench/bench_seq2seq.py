@@ -100,6 +100,7 @@ def bench(task_name: str, args: argparse.Namespace) -> None:
     val = load_pairs(f"{task_name}:validation").head(args.eval_limit)
     began = time.perf_counter()
     report = evaluate_pairs(ckpt, val, task["metrics"], {"num_beams": 4},
+                            templates={"default": config.data.template}, prefix=config.data.prefix,
                             max_source_length=config.data.max_source_length, too_long="truncate",
                             batch_size=config.gen_batch_size, log=lambda text: print(text, flush=True))
     eval_seconds = time.perf_counter() - began

@@ -77,9 +77,9 @@ class FinetuneConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0: off"})
     label_smoothing: float = field(default=0.1, metadata={"help": "of the cross-entropy (padding never counts)"})
     copy_fraction: float = field(default=0.0, metadata={
-        "help": "encoder-decoder only: this share of the training sources also become copy examples ('copy: ' "
-                "and a window of the source -> the window), which teach a model from scratch to read its "
-                "encoder; 0: off"})
+        "help": "encoder-decoder only: this share of the training sources become copy examples ('copy: ' and "
+                "8-32 of a source's tokens -> those tokens), trained in one pass before the task; they keep a "
+                "model from scratch on long sources from ignoring its encoder; 0: off"})
     eval_interval: int = field(default=200, metadata={"help": "validation loss every this many steps"})
     eval_examples: int = field(default=200, metadata={"help": "validation examples in each loss evaluation; 0: all"})
     gen_interval: int = field(default=0, metadata={

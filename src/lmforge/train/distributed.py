@@ -41,8 +41,13 @@ def setup(device_type: str) -> DistInfo:
     return info
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others: a rank that
+    destroyed its gloo group while another still finished its last collective was seen to abort
+    ("terminate called without an active exception"). After an error no barrier (the others may never come)."""
     if info.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -305,11 +305,14 @@ class Trainer:
     # ---- the run -----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        clean = False
         try:
-            return self._run()
+            result = self._run()
+            clean = True
+            return result
         finally:
             self.progress.close()
-            distributed.teardown(self.dist)
+            distributed.teardown(self.dist, clean)
 
     def _run(self) -> TrainResult:
         cfg, dev = self.cfg, self.device

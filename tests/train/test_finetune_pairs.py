@@ -16,7 +16,7 @@ from lmforge.generate.api import generate
 from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.finetune import COPY_PROMPT, copy_examples, finetune
-from lmforge.train.finetune_config import PairDataConfig, load_finetune_config
+from lmforge.train.finetune_config import load_finetune_config
 
 PAIRS = [
     {"id": "a", "text": "the cat sat on the mat", "summary": "cat on mat"},
@@ -160,8 +160,7 @@ def test_copy_examples_are_windows_of_the_sources():
     sources = [p["text"] * 3 for p in PAIRS] * 5
     tokenizer = Tokenizer.train_bpe(sources, vocab_size=300, special_tokens=("<s>", "<pad>", "</s>"))
     encoder = PairEncoder(tokenizer, True, "bart", 24, 10)
-    copies = copy_examples(sources, tokenizer, encoder, 0.5, PairDataConfig(max_source_length=24, max_target_length=10),
-                           seed=3)
+    copies = copy_examples(sources, tokenizer, encoder, 0.5, seed=3)
     assert len(copies) == 10
     prompt = tokenizer.encode(COPY_PROMPT)
     encoded = [tokenizer.encode(s) for s in sources]

@@ -42,7 +42,7 @@ from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import save_checkpoint
 from lmforge.train.config import to_yaml
-from lmforge.train.finetune_config import FinetuneConfig, PairDataConfig, load_finetune_config
+from lmforge.train.finetune_config import FinetuneConfig, load_finetune_config
 from lmforge.train.optim import lr_at, make_optimizer
 from lmforge.train.report import LOG, METRICS, Progress, RunFiles, format_duration
 from lmforge.train.trainer import AUTOCAST, pick_device, pick_dtype, set_dropout
@@ -153,7 +153,7 @@ COPY_LENGTHS = (8, 32)  # tokens of a copy window, drawn uniformly
 
 
 def copy_examples(sources: list[str], tokenizer: Tokenizer, encoder: PairEncoder, fraction: float,
-                  data: PairDataConfig, seed: int) -> list[tuple[list[int], list[int]]]:
+                  seed: int) -> list[tuple[list[int], list[int]]]:
     """Copy examples from a random `fraction` of the training sources: the source is COPY_PROMPT and a
     random window of 8-32 of the source's tokens, the target is that window.
 
@@ -166,7 +166,7 @@ def copy_examples(sources: list[str], tokenizer: Tokenizer, encoder: PairEncoder
     chosen = sorted(rng.sample(range(len(sources)), round(fraction * len(sources))))
     prompt = tokenizer.encode(COPY_PROMPT)
     specials = len(encoder.bos) + len(encoder.eos)
-    room = min(data.max_target_length - specials, data.max_source_length - specials - len(prompt))
+    room = min(encoder.max_target_length - specials, encoder.max_source_length - specials - len(prompt))
     if room < 1:
         raise LmforgeError("max_source_length/max_target_length leave no room for copy examples; "
                            "raise them or set copy_fraction to 0")
@@ -288,7 +288,7 @@ class Finetuner:
         if cfg.copy_fraction:
             if not model.is_encoder_decoder:
                 raise LmforgeError("copy_fraction applies to encoder-decoder models only; set it to 0")
-            copies = copy_examples(train.sources, tokenizer, encoder, cfg.copy_fraction, d, cfg.seed)
+            copies = copy_examples(train.sources, tokenizer, encoder, cfg.copy_fraction, cfg.seed)
             self.note(f"{len(copies)} copy example(s) from {train.description} sources train first "
                       f"(copy_fraction {cfg.copy_fraction:g})")
         val_ids, report = encoder.encode(val.prompts(d.template, d.prefix), val.targets, val.ids, val.description)

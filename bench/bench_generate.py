@@ -74,11 +74,11 @@ def build(name: str, folder: Path):
     return hf, ours, weight_bytes
 
 
-def run_ours(model, ids, new, params, seed):
+def run_ours(model, ids, new, params, seed, compile=False):
     from lmforge.generate import generate
 
     torch.manual_seed(seed)  # the global generator, as transformers uses: same seed, same samples
-    out = generate(model, ids, max_new_tokens=new, ignore_eos=True, **params)
+    out = generate(model, ids, max_new_tokens=new, ignore_eos=True, compile=compile, **params)
     assert int(out.output.lengths.min()) == new
     return out.output.sequences
 
@@ -92,14 +92,25 @@ def run_hf(model, ids, new, params, seed):
     return out[:, ids.shape[1]:]
 
 
-def bench_row(name, hf, ours, reps) -> dict:
+def run_ours_compiled(model, ids, new, params, seed):
+    return run_ours(model, ids, new, params, seed, compile=True)
+
+
+def bench_row(name, hf, ours, reps, compile=False) -> dict:
     _, batch, new, params = ROWS[name]
     vocab = ours.config.vocab_size
     ids = torch.randint(0, vocab, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
-    same = torch.equal(run_ours(ours, ids, new, params, 0), run_hf(hf, ids, new, params, 0))  # also warms up
-    times = {"lmforge": [], "transformers": []}
+    reference = run_hf(hf, ids, new, params, 0)
+    same = torch.equal(run_ours(ours, ids, new, params, 0), reference)  # also warms up
+    order = [("lmforge", run_ours, ours), ("transformers", run_hf, hf)]
+    extra = {}
+    if compile:  # the first call compiles the step for this shape: timed on its own, not in the medians
+        start = time.perf_counter()
+        extra["compiled_same_tokens"] = torch.equal(run_ours_compiled(ours, ids, new, params, 0), reference)
+        extra["compiled_first_call_s"] = time.perf_counter() - start
+        order.append(("lmforge_compiled", run_ours_compiled, ours))
+    times = {system: [] for system, _, _ in order}
     for rep in range(reps):
-        order = [("lmforge", run_ours, ours), ("transformers", run_hf, hf)]
         for system, fn, model in order if rep % 2 == 0 else order[::-1]:
             t = time.perf_counter()
             fn(model, ids, new, params, rep)
@@ -107,7 +118,10 @@ def bench_row(name, hf, ours, reps) -> dict:
     tokens = batch * new
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
-    return {
+    if compile:
+        extra["compiled_speedup"] = med["transformers"] / med["lmforge_compiled"]
+        extra["compiled_best_speedup"] = best["transformers"] / best["lmforge_compiled"]
+    return extra | {
         "row": name, "batch": batch, "new_tokens": new, "params": params, "same_tokens": same,
         "seconds": times,
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
@@ -124,6 +138,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--compile", action="store_true", help="also time generate(..., compile=True)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +152,7 @@ def main() -> None:
         for model_name in dict.fromkeys(ROWS[r][0] for r in rows):
             hf, ours, weight_bytes = build(model_name, Path(tmp))
             for row in (r for r in rows if ROWS[r][0] == model_name):
-                result = bench_row(row, hf, ours, args.reps)
+                result = bench_row(row, hf, ours, args.reps, args.compile)
                 if row == "gpt2-greedy":
                     floor_ms = 1e3 * weight_bytes / bandwidth
                     result["floor_ms_per_token"] = floor_ms
@@ -151,7 +166,10 @@ def main() -> None:
                       f"  same tokens: {result['same_tokens']}"
                       + (f"  floor {result['floor_ms_per_token']:.1f} ms, lmforge "
                          f"{result['ms_per_step']['lmforge']:.1f} ms/token ({result['lmforge_over_floor']:.2f}x)"
-                         if "floor_ms_per_token" in result else ""), flush=True)
+                         if "floor_ms_per_token" in result else "")
+                      + (f"  compiled {tps['lmforge_compiled']:.1f} tok/s x{result['compiled_speedup']:.2f}"
+                         f" (first call {result['compiled_first_call_s']:.0f} s, same tokens: "
+                         f"{result['compiled_same_tokens']})" if args.compile else ""), flush=True)
             del hf, ours
     report = {
         "benchmark": "generate_speed",
@@ -166,6 +184,7 @@ def main() -> None:
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "prompt_tokens": PROMPT_LEN,
         "repetitions": args.reps,
+        "compile": args.compile,
         "results": results,
     }
     out = Path(args.out)

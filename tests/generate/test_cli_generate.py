@@ -61,6 +61,7 @@ def test_score_json(folder, capsys):
     (["--do-sample", "--temperature", "-0.5"], ["temperature"]),
     (["--early-stopping", "sometimes"], ["never"]),
     (["--prompt", "x" * 70], ["tokens", "context (64 tokens)"]),
+    (["--compile", "--penalty-alpha", "0.6", "--top-k", "4"], ["compile", "contrastive"]),
 ])
 def test_bad_input_exits_2_with_one_sentence(folder, capsys, argv, words):
     argv = ["generate", folder, "--max-new-tokens", "5"] + argv
@@ -73,6 +74,14 @@ def test_bad_input_exits_2_with_one_sentence(folder, capsys, argv, words):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     for word in words:
         assert word in err
+
+
+def test_generate_compiled_gives_the_same_json(folder, capsys):
+    argv = ["generate", folder, "--prompt", "The fox", "--max-new-tokens", "5", "--ignore-eos", "--json"]
+    compiled, eager = run_json(capsys, *argv, "--compile"), run_json(capsys, *argv)
+    (c,), (e,) = compiled["completions"], eager["completions"]
+    assert (c["token_ids"], c["text"]) == (e["token_ids"], e["text"])
+    assert c["score"] == pytest.approx(e["score"], abs=1e-4)  # compiled steps match to float rounding
 
 
 def test_truncate_left_fits_a_long_prompt(folder, capsys):

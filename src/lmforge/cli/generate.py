@@ -100,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decoding step with torch.compile (decoder-only models): faster per token "
+                             "after a compilation of seconds to tens of seconds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = read_text_file(args.prompt_file, "prompt file") if args.prompt_file else args.prompt
     gen = Generator(load_checkpoint(args))
     options = dict(decoding_kwargs(args), seed=args.seed, ignore_eos=args.ignore_eos, truncate=args.truncate,
-                   add_bos=args.bos)
+                   add_bos=args.bos, compile=args.compile)
     if args.stream:
         sys.stdout.write(prompt or "")
         for piece in gen.stream(prompt, **options):

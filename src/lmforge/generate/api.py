@@ -187,9 +187,10 @@ class _Prepared:
     """A started session: everything a search needs, after config, prompts and lengths are resolved."""
 
     def __init__(self, model, inputs: Prompts, config: GenerationConfig, tokenizer, attention_mask,
-                 truncate: str | None, add_bos: bool, output_hidden: bool):
+                 truncate: str | None, add_bos: bool, output_hidden: bool, compile: bool = False):
         self.session: DecodingSession = open_session(model, output_hidden=output_hidden,
-                                                     decoder_start_token_id=config.decoder_start_token_id)
+                                                     decoder_start_token_id=config.decoder_start_token_id,
+                                                     compile=compile)
         device = _model_device(model)
         pad = _pad_id(config)
         padded = isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and attention_mask is not None
@@ -225,13 +226,15 @@ def _generator(seed: int | None, device) -> torch.Generator | None:
 def generate(model, inputs: Prompts = None, generation_config: GenerationConfig | dict | None = None, *,
              tokenizer=None, attention_mask: torch.Tensor | None = None, seed: int | None = None,
              ignore_eos: bool = False, truncate: str | None = None, add_bos: bool = False,
-             defaults: dict | None = None, **kwargs) -> GenerationResult:
+             defaults: dict | None = None, compile: bool = False, **kwargs) -> GenerationResult:
     """Generate continuations of `inputs` (text, texts, token-id lists, or a left-padded (B, T) tensor
     with its `attention_mask`; None: unconditionally from the BOS/EOS token).
 
     `generation_config` and `kwargs` carry transformers' `GenerationConfig` parameters. `seed` makes
     sampling reproducible without touching the global RNG; `ignore_eos` never stops at EOS;
-    `truncate="left"` drops the start of a prompt too long for the context.
+    `truncate="left"` drops the start of a prompt too long for the context. `compile=True` (decoder-only
+    models) runs each decoding step as one graph compiled by torch.compile: faster per token, but the
+    first call for a new shape spends seconds to tens of seconds compiling (see `session.compiled_step`).
     """
     model, tokenizer, defaults = _unpack(model, tokenizer, defaults)
     config = resolve_config(model, generation_config, defaults, tokenizer, ignore_eos=ignore_eos, **kwargs)
@@ -239,7 +242,7 @@ def generate(model, inputs: Prompts = None, generation_config: GenerationConfig 
     began = time.perf_counter()
     with torch.inference_mode():
         prep = _Prepared(model, inputs, config, tokenizer, attention_mask, truncate, add_bos,
-                         output_hidden=strategy == "contrastive")
+                         output_hidden=strategy == "contrastive", compile=compile)
         session, logits, stopping = prep.session, prep.logits, prep.stopping
         try:
             if strategy in ("greedy", "sample"):
@@ -273,7 +276,7 @@ def _completions(out: SearchOutput, n_prompts: int, tokenizer, config: Generatio
 
 def stream(model, prompt: str | Sequence[int] | None = None, generation_config: GenerationConfig | dict | None = None,
            *, tokenizer=None, seed: int | None = None, ignore_eos: bool = False, truncate: str | None = None,
-           add_bos: bool = False, defaults: dict | None = None, **kwargs) -> Iterator[str]:
+           add_bos: bool = False, defaults: dict | None = None, compile: bool = False, **kwargs) -> Iterator[str]:
     """Yield the text of one greedy or sampled continuation piece by piece as tokens are decoded.
 
     A character split over several tokens is yielded once complete; text that could be the start of
@@ -290,7 +293,8 @@ def stream(model, prompt: str | Sequence[int] | None = None, generation_config: 
         prompt = [list(prompt)]
     stops = [config.stop_strings] if isinstance(config.stop_strings, str) else list(config.stop_strings or [])
     with torch.inference_mode():
-        prep = _Prepared(model, prompt, config, tokenizer, None, truncate, add_bos, output_hidden=False)
+        prep = _Prepared(model, prompt, config, tokenizer, None, truncate, add_bos, output_hidden=False,
+                         compile=compile)
         decoder = IncrementalDecoder(tokenizer.decode, context_ids=prep.prompts[0])
         held = ""
         steps = token_steps(prep.session, prep.logits, config, prep.stopping, _pad_id(config),

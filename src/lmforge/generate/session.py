@@ -47,7 +47,7 @@ from typing import Protocol
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.models.layers import pack_linears, unpack_linears
+from lmforge.models.layers import pack_linears, packing_pays, unpack_linears
 
 
 class DecodingSession(Protocol):
@@ -95,12 +95,17 @@ class DecoderOnlySession(_Packing):
     recomputed from the whole history.
     """
 
-    def __init__(self, model: torch.nn.Module, output_hidden: bool = False):
+    def __init__(self, model: torch.nn.Module, output_hidden: bool = False, compile: bool = False):
+        if compile and output_hidden:
+            raise LmforgeError("compile=True does not support contrastive search (it needs every step's hidden "
+                               "states); drop compile or penalty_alpha")
         self.model = model
         self.output_hidden = output_hidden
+        self.compiled = compile
         self.hidden: torch.Tensor | None = None
         self.cache = None
         self.mask: torch.Tensor | None = None  # (B, capacity) 1 for real tokens, filled up to cache.length
+        self.visible: torch.Tensor | None = None  # compiled steps: (B, capacity) True where written and real
         self.positions: torch.Tensor | None = None  # (B, 1) position id of the last token fed
         self.padded = False
 
@@ -131,17 +136,41 @@ class DecoderOnlySession(_Packing):
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
         self.padded = not bool(attention_mask.all())
         self.prefix_ids, self.prefix_mask = input_ids, attention_mask
+        if self.compiled:  # a few spare slots, so that nearby lengths share one compiled graph
+            capacity = min(-(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP, self.context_length)
+            self.visible = torch.zeros(B, capacity, dtype=torch.bool, device=device)
+            self.visible[:, :T] = attention_mask.bool()
         self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)
         self.mask[:, :T] = attention_mask
         self.cache = self.model.new_cache(B, capacity)
+        self._mark_static()
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         self.positions = positions[:, -1:]
         return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._pack(tokens.numel())
         self.positions = self.positions + 1
+        rows = tokens.numel()
+        if self.compiled:
+            slot = self.cache.length
+            self.visible[:, slot] = True
+            if not packing_pays(rows, self.model.lm_head.weight):  # packed weights beat the compiled step
+                logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
+                                         self.visible[:, None, None, :], self.cache.keys, self.cache.values,
+                                         torch.tensor([slot], device=tokens.device))
+                self.cache.advance(1)
+                return logits
+        self._pack(rows)
         return self._forward(tokens.view(-1, 1), self.positions)
+
+    def _mark_static(self) -> None:
+        """Compiled steps: the cache buffers keep their addresses, so the graph updates them in place. They
+        are zeroed first: a compiled step reads every slot, and a masked one still multiplies its value by
+        a zero probability, which must not meet uninitialised memory (0 x NaN is NaN)."""
+        if self.compiled:
+            for buffer in self.cache.keys + self.cache.values:
+                buffer.narrow(2, self.cache.length, buffer.shape[2] - self.cache.length).zero_()
+                torch._dynamo.mark_static_address(buffer)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         end = self.cache.length + ids.shape[1]
@@ -151,7 +180,14 @@ class DecoderOnlySession(_Packing):
         return self.model.lm_head(h[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.cache.reorder(index)
+        if self.compiled:
+            same = index.numel() == self.batch_size
+            self.cache.reorder(index, in_place=same)
+            if not same:
+                self._mark_static()
+            self.visible = self.visible.index_select(0, index)
+        else:
+            self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.prefix_ids = self.prefix_ids.index_select(0, index)
@@ -161,12 +197,56 @@ class DecoderOnlySession(_Packing):
 
 
 def open_session(model: torch.nn.Module, output_hidden: bool = False,
-                 decoder_start_token_id: int | None = None) -> DecodingSession:
+                 decoder_start_token_id: int | None = None, compile: bool = False) -> DecodingSession:
     """The session for `model`'s kind. `decoder_start_token_id` (encoder-decoders only) overrides the
-    model config's, as a generation config may."""
+    model config's, as a generation config may. `compile` (decoder-only models): run the decoding steps
+    as one graph compiled by torch.compile (see `compiled_step`)."""
     if getattr(model, "is_encoder_decoder", False):
+        if compile:
+            raise LmforgeError("compile=True is implemented for decoder-only models only; drop it for "
+                               "encoder-decoder models")
         return Seq2SeqSession(model, output_hidden=output_hidden, decoder_start_token_id=decoder_start_token_id)
-    return DecoderOnlySession(model, output_hidden=output_hidden)
+    return DecoderOnlySession(model, output_hidden=output_hidden, compile=compile)
+
+
+COMPILED_CAPACITY_STEP = 64  # compiled sessions round their cache up to a multiple of this many positions
+
+
+class _SlotWriter:
+    """The cache the blocks see inside a compiled step: writes the new keys/values at `slot` (a one-element
+    tensor, so the graph does not depend on the position) and returns the whole fixed-size buffers."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slot: torch.Tensor):
+        self.keys, self.values, self.slot = keys, values, slot
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer].index_copy_(2, self.slot, k)
+        self.values[layer].index_copy_(2, self.slot, v)
+        return self.keys[layer], self.values[layer]
+
+
+def _slot_step(model, ids, positions, visible, keys, values, slot) -> torch.Tensor:
+    h = model.slot_step_hidden(ids, positions, visible, _SlotWriter(keys, values, slot))
+    return model.lm_head(h[:, -1]).float()
+
+
+_compiled_slot_step = None
+
+
+def compiled_step():
+    """`_slot_step` compiled by torch.compile (inductor, static shapes), created on first use.
+
+    One decoding step of a decoder-only model with a fixed-size KV cache becomes one graph: norms,
+    residual adds, activations and the attention of one query fuse into a few C++ kernels around the
+    matrix products, which removes most of eager PyTorch's per-operation cost. The first step of a new
+    shape (model, batch, cache capacity) compiles, which takes seconds to tens of seconds on a CPU;
+    later ones reuse the graph (and inductor's on-disk cache across processes). Results match eager
+    decoding to float rounding, not bitwise (the fused kernels add in another order).
+    """
+    global _compiled_slot_step
+    if _compiled_slot_step is None:
+        _compiled_slot_step = torch.compile(_slot_step, dynamic=False)
+    return _compiled_slot_step
 
 
 class Seq2SeqSession(_Packing):

@@ -6,24 +6,25 @@ import torch
 
 
 class KVCache:
-    """Keys and values of every layer in two buffers shaped (n_layer, batch, kv_heads, max_len, head_dim).
+    """Keys and values of every layer, one pair of buffers per layer shaped (batch, kv_heads, max_len, head_dim).
 
     `length` counts the positions already written; a forward pass over T new tokens writes
-    positions [length, length + T) in every layer and then advances `length` by T.
+    positions [length, length + T) in every layer and then advances `length` by T. (Separate buffers
+    per layer, not one tensor: a compiled decoding step can then update each in place.)
     """
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.spares: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # reorder targets by batch size
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.spares: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # reorder targets by batch size
         self.length = 0
         self.max_len = max_len
 
     @property
     def batch_size(self) -> int:
-        return self.keys.shape[1]
+        return self.keys[0].shape[0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values of `layer` and return views of everything cached so far."""
@@ -39,19 +40,27 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, in_place: bool = False) -> None:
         """Select batch rows (beam search reordering, or expanding a prefill to several beams).
 
         Only the written positions are copied, into buffers kept from an earlier reorder to the same
         batch size where there is one (beam search then copies once per step and allocates nothing).
+        With `in_place` (same batch size only) the rows are gathered back into the same buffers, which
+        keep their addresses (as a compiled decoding step needs).
         """
+        buffers = self.keys + self.values
+        if in_place:
+            for buffer in buffers:
+                written = buffer.narrow(2, 0, self.length)
+                written.copy_(written.index_select(0, index))
+            return
         batch = index.numel()
         new = self.spares.pop(batch, None)
         if new is None:
-            shape = self.keys.shape[:1] + (batch,) + self.keys.shape[2:]
-            new = (self.keys.new_empty(shape), self.values.new_empty(shape))
-        for src, dst in zip((self.keys, self.values), new):
-            torch.index_select(src.narrow(3, 0, self.length), 1, index, out=dst.narrow(3, 0, self.length))
+            new = ([k.new_empty((batch,) + k.shape[1:]) for k in self.keys],
+                   [v.new_empty((batch,) + v.shape[1:]) for v in self.values])
+        for src, dst in zip(buffers, new[0] + new[1]):
+            torch.index_select(src.narrow(2, 0, self.length), 0, index, out=dst.narrow(2, 0, self.length))
         self.spares[self.batch_size] = (self.keys, self.values)
         self.keys, self.values = new
 

@@ -131,19 +131,38 @@ class DecoderLM(nn.Module):
                                f"({cfg.sliding_window}); sliding-window attention is not supported")
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
-        x = self.wte(input_ids)
-        rope = None
-        if self.wpe is not None:
-            x = x + self.wpe(position_ids + cfg.position_offset)
-        else:
-            rope = self.rotary(position_ids, x.dtype)
-        if self.training:
-            x = self.drop(x)
+        x, rope = self._embed(input_ids, position_ids)
         mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
         for block in self.blocks:
             x = block(x, mask, is_causal, rope, cache)
         if cache is not None:
             cache.advance(T)
+        return self.ln_f(x)
+
+    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
+        """Token (+ learned position) embeddings, and the rotary (cos, sin) for rotary models (else None)."""
+        x = self.wte(input_ids)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids + self.config.position_offset)
+        else:
+            rope = self.rotary(position_ids, x.dtype)
+        if self.training:
+            x = self.drop(x)
+        return x, rope
+
+    def slot_step_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor,
+                         cache) -> torch.Tensor:
+        """Final normed hidden states (B, 1, n_embd) of one new token per row, with fixed shapes throughout.
+
+        For a compiled decoding step (generate.session): `cache.update` writes the new keys/values into
+        a slot of fixed-size buffers and returns the whole buffers; `visible` (B, 1, 1, capacity) is True
+        where a cached position may be attended to (written, not padding). Nothing here depends on how
+        many positions are written, so torch.compile traces one graph for every step.
+        """
+        x, rope = self._embed(input_ids, position_ids)
+        for block in self.blocks:
+            x = block(x, visible, False, rope, cache)
         return self.ln_f(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -92,15 +92,21 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def packing_pays(rows: int, weight: torch.Tensor) -> bool:
+    """Whether products of `rows` rows with a weight like `weight` run faster on a packed copy: float32
+    weights on a CPU with MKL, and at least PACK_MIN_ROWS rows."""
+    return (rows >= PACK_MIN_ROWS and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and _mkl_linear_available())
+
+
 def pack_linears(model: nn.Module, rows: int) -> None:
-    """Pack the weights of `model`'s :class:`Linear` layers for products with `rows` rows, where that
-    pays: float32 weights on a CPU with MKL and at least PACK_MIN_ROWS rows (else drop any packs)."""
-    eligible = rows >= PACK_MIN_ROWS and _mkl_linear_available()
+    """Pack the weights of `model`'s :class:`Linear` layers for products with `rows` rows where that pays
+    (see `packing_pays`); drop any packs elsewhere."""
     for module in model.modules():
         if not isinstance(module, Linear):
             continue
         w = module.weight
-        if not eligible or w.device.type != "cpu" or w.dtype != torch.float32:
+        if not packing_pays(rows, w):
             module.pack = None
         elif module.pack is None or module.pack[:2] != (rows, w._version):
             with torch.no_grad():

@@ -1,0 +1,65 @@
+"""compile=True: decoding steps compiled by torch.compile over a fixed-size cache give the eager logits
+(to float rounding) on left-padded batches, through beam reordering, for learned-position and rotary
+(grouped-query) models; with 4 rows or more the steps stay eager on packed weights; what compile does
+not support is refused with one sentence."""
+
+import pytest
+import torch
+
+import lmforge
+from hf_models import left_padded_batch, save_tiny
+from lmforge.errors import LmforgeError
+from lmforge.generate.api import generate
+from lmforge.generate.session import COMPILED_CAPACITY_STEP, DecoderOnlySession
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    save_tiny(request.param, folder)
+    return lmforge.load(folder).model
+
+
+def test_compiled_steps_match_eager_logits(model):
+    ids, mask = left_padded_batch(seed=0, batch=3, length=10)
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        eager, compiled = DecoderOnlySession(model), DecoderOnlySession(model, compile=True)
+        a, b = eager.start(ids, mask, STEPS), compiled.start(ids, mask, STEPS)
+        assert compiled.cache.max_len == COMPILED_CAPACITY_STEP  # 10 + 6 rounded up, below the context of 64
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+        for step in range(STEPS):
+            if step == 2:  # beam-style reshuffle of the rows, same batch size: the buffers are reused in place
+                index = torch.tensor([2, 0, 0])
+                keys_before = [k.data_ptr() for k in compiled.cache.keys]
+                eager.reorder(index)
+                compiled.reorder(index)
+                assert [k.data_ptr() for k in compiled.cache.keys] == keys_before
+            tokens = torch.randint(3, 90, (3,), generator=g)
+            a, b = eager.step(tokens), compiled.step(tokens)
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [2, 4])  # 4 rows: the session keeps the eager step on packed weights
+def test_generate_with_compile_gives_the_eager_tokens(model, rows):
+    ids = left_padded_batch(seed=1, batch=1, length=8)[0]
+    eager = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=rows)
+    compiled = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=rows, compile=True)
+    assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
+    torch.testing.assert_close(compiled.output.scores, eager.output.scores, rtol=0, atol=1e-4)
+
+
+def test_compile_refuses_contrastive_search(model):
+    with pytest.raises(LmforgeError, match="contrastive"):
+        generate(model, [[5, 6, 7]], max_new_tokens=3, penalty_alpha=0.6, top_k=4, compile=True)
+
+
+def test_compile_refuses_encoder_decoder_models():
+    from lmforge.config import encdec_preset
+    from lmforge.models.encdec import EncoderDecoderLM
+
+    model = EncoderDecoderLM(encdec_preset("tiny-bart", vocab_size=50)).eval()
+    with pytest.raises(LmforgeError, match="decoder-only"):
+        generate(model, [[5, 6, 7]], max_new_tokens=3, compile=True)

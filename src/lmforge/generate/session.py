@@ -154,7 +154,7 @@ class DecoderOnlySession(_Packing):
         if self.compiled:
             slot = self.cache.length
             self.visible[:, slot] = True
-            if not packing_pays(rows, self.model.lm_head.weight):  # packed weights beat the compiled step
+            if self._compiled_steps(rows):
                 logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
                                          self.visible[:, None, None, :], self.cache.keys, self.cache.values,
                                          torch.tensor([slot], device=tokens.device))
@@ -162,6 +162,11 @@ class DecoderOnlySession(_Packing):
                 return logits
         self._pack(rows)
         return self._forward(tokens.view(-1, 1), self.positions)
+
+    def _compiled_steps(self, rows: int) -> bool:
+        """Whether steps of `rows` rows run compiled: with compile, unless the weights packed for that many
+        rows are used (their eager products beat the compiled graph's, see models.layers.Linear)."""
+        return self.compiled and not packing_pays(rows, self.model.lm_head.weight)
 
     def _mark_static(self) -> None:
         """Compiled steps: the cache buffers keep their addresses, so the graph updates them in place. They
@@ -181,11 +186,12 @@ class DecoderOnlySession(_Packing):
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.compiled:
+            self.visible = self.visible.index_select(0, index)
+        if self._compiled_steps(index.numel()):  # the buffers keep their addresses where they can
             same = index.numel() == self.batch_size
             self.cache.reorder(index, in_place=same)
             if not same:
                 self._mark_static()
-            self.visible = self.visible.index_select(0, index)
         else:
             self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)

@@ -1,7 +1,7 @@
 """compile=True: decoding steps compiled by torch.compile over a fixed-size cache give the eager logits
 (to float rounding) on left-padded batches, through beam reordering, for learned-position and rotary
-(grouped-query) models; with 4 rows or more the steps stay eager on packed weights; what compile does
-not support is refused with one sentence."""
+(grouped-query) models, with packed weights from 4 rows on; what compile does not support is refused
+with one sentence."""
 
 import pytest
 import torch
@@ -42,7 +42,7 @@ def test_compiled_steps_match_eager_logits(model):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [2, 4])  # 4 rows: the session keeps the eager step on packed weights
+@pytest.mark.parametrize("rows", [2, 4])  # 4 rows: the compiled graph calls MKL's products on packed weights
 def test_generate_with_compile_gives_the_eager_tokens(model, rows):
     ids = left_padded_batch(seed=1, batch=1, length=8)[0]
     eager = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=rows)
@@ -63,3 +63,19 @@ def test_compile_refuses_encoder_decoder_models():
     model = EncoderDecoderLM(encdec_preset("tiny-bart", vocab_size=50)).eval()
     with pytest.raises(LmforgeError, match="decoder-only"):
         generate(model, [[5, 6, 7]], max_new_tokens=3, compile=True)
+
+
+def test_compiled_steps_follow_weight_updates(tmp_path):
+    """A weight changed in place after a compiled generation (as training between samples does) is used
+    by the next one: the packed copies are remade and the graph does not keep the old values."""
+    save_tiny("gpt2", tmp_path)
+    model = lmforge.load(tmp_path).model
+    ids = left_padded_batch(seed=2, batch=1, length=6)[0]
+    generate(model, ids, max_new_tokens=4, ignore_eos=True, num_beams=4, compile=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    eager = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=4)
+    compiled = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=4, compile=True)
+    assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
+    torch.testing.assert_close(compiled.output.scores, eager.output.scores, rtol=0, atol=1e-4)

@@ -47,7 +47,7 @@ from typing import Protocol
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.models.layers import pack_linears, packing_pays, unpack_linears
+from lmforge.models.layers import pack_linears, unpack_linears
 
 
 class DecodingSession(Protocol):
@@ -150,23 +150,16 @@ class DecoderOnlySession(_Packing):
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.positions = self.positions + 1
-        rows = tokens.numel()
+        self._pack(tokens.numel())  # eager, also before a compiled step: the graph uses the packed weights
         if self.compiled:
             slot = self.cache.length
             self.visible[:, slot] = True
-            if self._compiled_steps(rows):
-                logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
-                                         self.visible[:, None, None, :], self.cache.keys, self.cache.values,
-                                         torch.tensor([slot], device=tokens.device))
-                self.cache.advance(1)
-                return logits
-        self._pack(rows)
+            logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
+                                     self.visible[:, None, None, :], self.cache.keys, self.cache.values,
+                                     torch.tensor([slot], device=tokens.device))
+            self.cache.advance(1)
+            return logits
         return self._forward(tokens.view(-1, 1), self.positions)
-
-    def _compiled_steps(self, rows: int) -> bool:
-        """Whether steps of `rows` rows run compiled: with compile, unless the weights packed for that many
-        rows are used (their eager products beat the compiled graph's, see models.layers.Linear)."""
-        return self.compiled and not packing_pays(rows, self.model.lm_head.weight)
 
     def _mark_static(self) -> None:
         """Compiled steps: the cache buffers keep their addresses, so the graph updates them in place. They
@@ -185,13 +178,12 @@ class DecoderOnlySession(_Packing):
         return self.model.lm_head(h[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self.compiled:
-            self.visible = self.visible.index_select(0, index)
-        if self._compiled_steps(index.numel()):  # the buffers keep their addresses where they can
+        if self.compiled:  # the buffers keep their addresses where they can
             same = index.numel() == self.batch_size
             self.cache.reorder(index, in_place=same)
             if not same:
                 self._mark_static()
+            self.visible = self.visible.index_select(0, index)
         else:
             self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)

@@ -86,10 +86,27 @@ class Linear(nn.Linear):
         pack = self.pack
         if pack is not None and not torch.is_grad_enabled():
             rows, version, packed = pack
-            if x.numel() == rows * self.in_features and self.weight._version == version:
-                y = torch.ops.mkl._mkl_linear(x.reshape(rows, self.in_features), packed, self.weight, self.bias, rows)
-                return y.view(*x.shape[:-1], self.out_features)
+            if x.numel() == rows * self.in_features:
+                x2 = x.reshape(rows, self.in_features)
+                if torch.compiler.is_compiling():  # a compiled decoding step; its session packs before each step
+                    y = packed_linear(x2, packed, self.weight, self.bias, rows)
+                    return y.view(*x.shape[:-1], self.out_features)
+                if self.weight._version == version:
+                    y = torch.ops.mkl._mkl_linear(x2, packed, self.weight, self.bias, rows)
+                    return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+
+@torch.library.custom_op("lmforge::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  rows: int) -> torch.Tensor:
+    """MKL's product with a packed weight as an opaque operator, so that a compiled graph calls it as is."""
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+
+
+@packed_linear.register_fake
+def _(x, packed, weight, bias, rows):
+    return x.new_empty(rows, weight.shape[0])
 
 
 def packing_pays(rows: int, weight: torch.Tensor) -> bool:

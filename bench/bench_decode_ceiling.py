@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_generate import PROMPT_LEN, build, machine  # noqa: E402
+from bench_generate import PROMPT_LEN, build, machine, write_report  # noqa: E402
 
 
 def hand_loop(model, prompt_token: int, new: int) -> None:
@@ -162,11 +161,7 @@ def main() -> None:
         "repetitions": args.reps, "compile_s": compile_s, "ms_per_token": ms, "ms_per_token_median": med,
         "speedup_vs_transformers": {name: med["transformers"] / value for name, value in med.items()},
     }
-    out = Path(args.out)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    tmp_out.replace(out)
-    print(f"wrote {out}")
+    write_report(report, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -187,7 +187,11 @@ def main() -> None:
         "compile": args.compile,
         "results": results,
     }
-    out = Path(args.out)
+    write_report(report, Path(args.out))
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Write the JSON report whole or not at all (a temporary file, then a rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")

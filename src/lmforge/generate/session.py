@@ -92,7 +92,8 @@ class DecoderOnlySession(_Packing):
     """A DecoderLM and its KV cache, preallocated to prompt + max_new_tokens positions.
 
     Per step it passes explicit position ids and the running attention mask, so nothing is
-    recomputed from the whole history.
+    recomputed from the whole history. With `compile`, the prompt still runs eagerly, and every step
+    runs `compiled_step` over the whole (zeroed, fixed-size) cache under the `visible` mask.
     """
 
     def __init__(self, model: torch.nn.Module, output_hidden: bool = False, compile: bool = False):

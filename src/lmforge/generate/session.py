@@ -93,7 +93,8 @@ class DecoderOnlySession(_Packing):
 
     Per step it passes explicit position ids and the running attention mask, so nothing is
     recomputed from the whole history. With `compile`, the prompt still runs eagerly, and every step
-    runs `compiled_step` over the whole (zeroed, fixed-size) cache under the `visible` mask.
+    runs `compiled_step`, which writes into the cache buffers in place and attends over the written
+    positions under the `visible` mask.
     """
 
     def __init__(self, model: torch.nn.Module, output_hidden: bool = False, compile: bool = False):
@@ -137,7 +138,7 @@ class DecoderOnlySession(_Packing):
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
         self.padded = not bool(attention_mask.all())
         self.prefix_ids, self.prefix_mask = input_ids, attention_mask
-        if self.compiled:  # a few spare slots, so that nearby lengths share one compiled graph
+        if self.compiled:  # a few spare slots: nearby lengths give the same buffer shapes
             capacity = min(-(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP, self.context_length)
             self.visible = torch.zeros(B, capacity, dtype=torch.bool, device=device)
             self.visible[:, :T] = attention_mask.bool()
@@ -155,20 +156,18 @@ class DecoderOnlySession(_Packing):
         if self.compiled:
             slot = self.cache.length
             self.visible[:, slot] = True
+            end = slot + 1
             logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
-                                     self.visible[:, None, None, :], self.cache.keys, self.cache.values,
-                                     torch.tensor([slot], device=tokens.device))
+                                     self.visible[:, None, None, :end], self.cache.keys, self.cache.values,
+                                     torch.tensor([slot], device=tokens.device), end)
             self.cache.advance(1)
             return logits
         return self._forward(tokens.view(-1, 1), self.positions)
 
     def _mark_static(self) -> None:
-        """Compiled steps: the cache buffers keep their addresses, so the graph updates them in place. They
-        are zeroed first: a compiled step reads every slot, and a masked one still multiplies its value by
-        a zero probability, which must not meet uninitialised memory (0 x NaN is NaN)."""
+        """Compiled steps: the cache buffers keep their addresses, so the graph updates them in place."""
         if self.compiled:
             for buffer in self.cache.keys + self.cache.values:
-                buffer.narrow(2, self.cache.length, buffer.shape[2] - self.cache.length).zero_()
                 torch._dynamo.mark_static_address(buffer)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -213,19 +212,19 @@ COMPILED_CAPACITY_STEP = 64  # compiled sessions round their cache up to a multi
 
 class _SlotWriter:
     """The cache the blocks see inside a compiled step: writes the new keys/values at `slot` (a one-element
-    tensor, so the graph does not depend on the position) and returns the whole fixed-size buffers."""
+    tensor) into the fixed-size buffers, in place, and returns their first `end` positions."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slot: torch.Tensor):
-        self.keys, self.values, self.slot = keys, values, slot
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slot: torch.Tensor, end: int):
+        self.keys, self.values, self.slot, self.end = keys, values, slot, end
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer].index_copy_(2, self.slot, k)
         self.values[layer].index_copy_(2, self.slot, v)
-        return self.keys[layer], self.values[layer]
+        return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
 
 
-def _slot_step(model, ids, positions, visible, keys, values, slot) -> torch.Tensor:
-    h = model.slot_step_hidden(ids, positions, visible, _SlotWriter(keys, values, slot))
+def _slot_step(model, ids, positions, visible, keys, values, slot, end) -> torch.Tensor:
+    h = model.slot_step_hidden(ids, positions, visible, _SlotWriter(keys, values, slot, end))
     return model.lm_head(h[:, -1]).float()
 
 
@@ -233,18 +232,19 @@ _compiled_slot_step = None
 
 
 def compiled_step():
-    """`_slot_step` compiled by torch.compile (inductor, static shapes), created on first use.
+    """`_slot_step` compiled by torch.compile (inductor), created on first use.
 
-    One decoding step of a decoder-only model with a fixed-size KV cache becomes one graph: norms,
-    residual adds, activations and the attention of one query fuse into a few C++ kernels around the
-    matrix products, which removes most of eager PyTorch's per-operation cost. The first step of a new
-    shape (model, batch, cache capacity) compiles, which takes seconds to tens of seconds on a CPU;
-    later ones reuse the graph (and inductor's on-disk cache across processes). Results match eager
-    decoding to float rounding, not bitwise (the fused kernels add in another order).
+    One decoding step of a decoder-only model becomes one graph: norms, residual adds, activations and
+    the attention of one query fuse into a few C++ kernels around the matrix products, which removes most
+    of eager PyTorch's per-operation cost. The first step compiles for its shapes; the second, whose
+    written length `end` differs, compiles once more with `end` as a symbolic size (torch.compile's
+    automatic dynamic shapes), and that graph serves every later step. Each compilation takes seconds to
+    tens of seconds on a CPU (inductor's on-disk cache shortens it across processes). Results match
+    eager decoding to float rounding, not bitwise (the fused kernels add in another order).
     """
     global _compiled_slot_step
     if _compiled_slot_step is None:
-        _compiled_slot_step = torch.compile(_slot_step, dynamic=False)
+        _compiled_slot_step = torch.compile(_slot_step)  # dynamic=None: sizes that change become symbolic
     return _compiled_slot_step
 
 

@@ -153,12 +153,12 @@ class DecoderLM(nn.Module):
 
     def slot_step_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor,
                          cache) -> torch.Tensor:
-        """Final normed hidden states (B, 1, n_embd) of one new token per row, with fixed shapes throughout.
+        """Final normed hidden states (B, 1, n_embd) of one new token per row, for a compiled decoding step.
 
-        For a compiled decoding step (generate.session): `cache.update` writes the new keys/values into
-        a slot of fixed-size buffers and returns the whole buffers; `visible` (B, 1, 1, capacity) is True
-        where a cached position may be attended to (written, not padding). Nothing here depends on how
-        many positions are written, so torch.compile traces one graph for every step.
+        `cache.update` (generate.session) writes the new keys/values in place into a slot of fixed-size
+        buffers and returns the written positions; `visible` (B, 1, 1, written) is True where a position
+        may be attended to (not padding). No Python-side state changes and no data-dependent branch, so
+        torch.compile traces one graph for every step (with the written length as a symbolic size).
         """
         x, rope = self._embed(input_ids, position_ids)
         for block in self.blocks:

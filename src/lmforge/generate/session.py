@@ -94,7 +94,7 @@ class DecoderOnlySession(_Packing):
     Per step it passes explicit position ids and the running attention mask, so nothing is
     recomputed from the whole history. With `compile`, the prompt still runs eagerly, and every step
     runs `compiled_step`, which writes into the cache buffers in place and attends over the written
-    positions under the `visible` mask.
+    positions under the running attention mask.
     """
 
     def __init__(self, model: torch.nn.Module, output_hidden: bool = False, compile: bool = False):
@@ -107,7 +107,6 @@ class DecoderOnlySession(_Packing):
         self.hidden: torch.Tensor | None = None
         self.cache = None
         self.mask: torch.Tensor | None = None  # (B, capacity) 1 for real tokens, filled up to cache.length
-        self.visible: torch.Tensor | None = None  # compiled steps: (B, capacity) True where written and real
         self.positions: torch.Tensor | None = None  # (B, 1) position id of the last token fed
         self.padded = False
 
@@ -140,8 +139,6 @@ class DecoderOnlySession(_Packing):
         self.prefix_ids, self.prefix_mask = input_ids, attention_mask
         if self.compiled:  # a few spare slots: nearby lengths give the same buffer shapes
             capacity = min(-(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP, self.context_length)
-            self.visible = torch.zeros(B, capacity, dtype=torch.bool, device=device)
-            self.visible[:, :T] = attention_mask.bool()
         self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)
         self.mask[:, :T] = attention_mask
         self.cache = self.model.new_cache(B, capacity)
@@ -155,11 +152,11 @@ class DecoderOnlySession(_Packing):
         self._pack(tokens.numel())  # eager, also before a compiled step: the graph uses the packed weights
         if self.compiled:
             slot = self.cache.length
-            self.visible[:, slot] = True
             end = slot + 1
-            logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions,
-                                     self.visible[:, None, None, :end], self.cache.keys, self.cache.values,
-                                     torch.tensor([slot], device=tokens.device), end)
+            visible = self.mask[:, None, None, :end].bool()  # written positions that are not padding
+            logits = compiled_step()(self.model, tokens.view(-1, 1), self.positions, visible,
+                                     self.cache.keys, self.cache.values, torch.tensor([slot], device=tokens.device),
+                                     end)
             self.cache.advance(1)
             return logits
         return self._forward(tokens.view(-1, 1), self.positions)
@@ -183,7 +180,6 @@ class DecoderOnlySession(_Packing):
             self.cache.reorder(index, in_place=same)
             if not same:
                 self._mark_static()
-            self.visible = self.visible.index_select(0, index)
         else:
             self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)

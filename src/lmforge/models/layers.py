@@ -86,14 +86,12 @@ class Linear(nn.Linear):
         pack = self.pack
         if pack is not None and not torch.is_grad_enabled():
             rows, version, packed = pack
-            if x.numel() == rows * self.in_features:
-                x2 = x.reshape(rows, self.in_features)
-                if torch.compiler.is_compiling():  # a compiled decoding step; its session packs before each step
-                    y = packed_linear(x2, packed, self.weight, self.bias, rows)
-                    return y.view(*x.shape[:-1], self.out_features)
-                if self.weight._version == version:
-                    y = torch.ops.mkl._mkl_linear(x2, packed, self.weight, self.bias, rows)
-                    return y.view(*x.shape[:-1], self.out_features)
+            # a compiled decoding step skips the version check: its session packs before every step
+            compiling = torch.compiler.is_compiling()
+            if x.numel() == rows * self.in_features and (compiling or self.weight._version == version):
+                product = packed_linear if compiling else torch.ops.mkl._mkl_linear
+                y = product(x.reshape(rows, self.in_features), packed, self.weight, self.bias, rows)
+                return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -109,21 +107,15 @@ def _(x, packed, weight, bias, rows):
     return x.new_empty(rows, weight.shape[0])
 
 
-def packing_pays(rows: int, weight: torch.Tensor) -> bool:
-    """Whether products of `rows` rows with a weight like `weight` run faster on a packed copy: float32
-    weights on a CPU with MKL, and at least PACK_MIN_ROWS rows."""
-    return (rows >= PACK_MIN_ROWS and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and _mkl_linear_available())
-
-
 def pack_linears(model: nn.Module, rows: int) -> None:
-    """Pack the weights of `model`'s :class:`Linear` layers for products with `rows` rows where that pays
-    (see `packing_pays`); drop any packs elsewhere."""
+    """Pack the weights of `model`'s :class:`Linear` layers for products with `rows` rows, where that
+    pays: float32 weights on a CPU with MKL and at least PACK_MIN_ROWS rows (else drop any packs)."""
+    eligible = rows >= PACK_MIN_ROWS and _mkl_linear_available()
     for module in model.modules():
         if not isinstance(module, Linear):
             continue
         w = module.weight
-        if not packing_pays(rows, w):
+        if not eligible or w.device.type != "cpu" or w.dtype != torch.float32:
             module.pack = None
         elif module.pack is None or module.pack[:2] != (rows, w._version):
             with torch.no_grad():

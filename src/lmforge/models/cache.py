@@ -40,20 +40,13 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def reorder(self, index: torch.Tensor, in_place: bool = False) -> None:
+    def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search reordering, or expanding a prefill to several beams).
 
         Only the written positions are copied, into buffers kept from an earlier reorder to the same
         batch size where there is one (beam search then copies once per step and allocates nothing).
-        With `in_place` (same batch size only) the rows are gathered back into the same buffers, which
-        keep their addresses (as a compiled decoding step needs).
         """
         buffers = self.keys + self.values
-        if in_place:
-            for buffer in buffers:
-                written = buffer.narrow(2, 0, self.length)
-                written.copy_(written.index_select(0, index))
-            return
         batch = index.numel()
         new = self.spares.pop(batch, None)
         if new is None:

@@ -177,7 +177,8 @@ class BeamGroup:
         self.running_scores = _gather(running_scores, best)
         source = _gather(source, best)
 
-        self._update_finished(top_seqs, top_scores, hits, cur_len)
+        if bool(hits.any()):  # else no candidate can enter the finished hypotheses: they stay as they are
+            self._update_finished(top_seqs, top_scores, hits, cur_len)
         self.hits = hits
         self._update_improvable(cur_len + 1)
         return source

@@ -77,3 +77,43 @@ def test_compiled_steps_follow_weight_updates(tmp_path):
     compiled = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, num_beams=4, compile=True)
     assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
     torch.testing.assert_close(compiled.output.scores, eager.output.scores, rtol=0, atol=1e-4)
+
+
+def test_one_compilation_serves_every_step_of_a_generation(model):
+    """The written length is dynamic from the first compiled step: a generation compiles at most one graph
+    for its (batch, capacity), and a later generation of another length in the same capacity compiles none."""
+    from torch._dynamo.utils import counters
+
+    ids = left_padded_batch(seed=3, batch=2, length=5)[0]
+    before = counters["stats"]["unique_graphs"]
+    first = generate(model, ids, max_new_tokens=9, ignore_eos=True, compile=True)
+    assert counters["stats"]["unique_graphs"] - before <= 1
+    middle = counters["stats"]["unique_graphs"]
+    second = generate(model, ids, max_new_tokens=13, ignore_eos=True, compile=True)
+    assert counters["stats"]["unique_graphs"] == middle
+    eager = generate(model, ids, max_new_tokens=13, ignore_eos=True)
+    assert second.output.sequences.tolist() == eager.output.sequences.tolist()
+    assert first.output.sequences.tolist() == eager.output.sequences[:, :9].tolist()
+
+
+def test_guards_are_checked_again_for_another_model_and_batch(tmp_path):
+    """Steps after the first two skip dynamo's guards; a new generation (another model of the same shapes,
+    then another batch size) is checked again and decodes with its own weights."""
+    ids = left_padded_batch(seed=4, batch=2, length=6)[0]
+    for seed in (0, 1):
+        save_tiny("gpt2", tmp_path / str(seed), seed=seed)
+        model = lmforge.load(tmp_path / str(seed)).model
+        for rows in (ids, ids[:1]):
+            compiled = generate(model, rows, max_new_tokens=STEPS, ignore_eos=True, compile=True)
+            eager = generate(model, rows, max_new_tokens=STEPS, ignore_eos=True)
+            assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
+
+
+def test_past_the_recompile_limit_steps_run_eagerly(model):
+    """When dynamo's recompile limit is reached a new shape runs eagerly, also after the first two steps
+    (where guards are otherwise skipped), with the eager tokens."""
+    ids = left_padded_batch(seed=5, batch=3, length=7)[0]  # a batch no other test compiles
+    with torch._dynamo.config.patch(recompile_limit=1):
+        compiled = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, compile=True)
+    eager = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True)
+    assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()

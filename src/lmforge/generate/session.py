@@ -165,10 +165,19 @@ class DecoderOnlySession(_Packing):
         slot = self.cache.length
         visible = self.mask[:, None, None, :slot + 1].bool()  # written positions that are not padding
         torch._dynamo.mark_dynamic(visible, 3)
-        args = (self.model, tokens.view(-1, 1), self.positions, visible, self.cache.keys, self.cache.values,
+        ids = tokens.reshape(-1, 1).contiguous()  # a beam's tokens come as a strided view: same layout always
+        args = (self.model, ids, self.positions, visible, self.cache.keys, self.cache.values,
                 torch.tensor([slot], device=tokens.device))
         if self.checked >= 2:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    logits = compiled_step()(*args)
+            except RuntimeError as error:
+                # no compiled graph fits and dynamo will not compile in this stance: past its recompile limit
+                # the step runs eagerly, and so it does from now on, under every guard
+                if "skip_guard_eval_unsafe" not in str(error):
+                    raise
+                self.checked = -(1 << 30)
                 logits = compiled_step()(*args)
         else:
             logits = compiled_step()(*args)

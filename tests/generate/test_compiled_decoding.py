@@ -117,3 +117,20 @@ def test_past_the_recompile_limit_steps_run_eagerly(model):
         compiled = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True, compile=True)
     eager = generate(model, ids, max_new_tokens=STEPS, ignore_eos=True)
     assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
+
+
+def test_owned_rows_are_settled_before_a_batch_change(model):
+    """After beam reorders a compiled session's rows point into other cache rows; a reorder to another batch
+    size first moves every row's keys/values into its own cache row. Logits stay the eager ones."""
+    ids, mask = left_padded_batch(seed=6, batch=3, length=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        eager, compiled = DecoderOnlySession(model), DecoderOnlySession(model, compile=True)
+        eager.start(ids, mask, STEPS), compiled.start(ids, mask, STEPS)
+        for index in [None, [2, 0, 0], [1, 1, 2], [0, 2, 2, 1, 1], None, [4, 0, 1, 1, 3]]:
+            if index is not None:
+                eager.reorder(torch.tensor(index))
+                compiled.reorder(torch.tensor(index))
+            tokens = torch.randint(3, 90, (eager.batch_size,), generator=g)
+            torch.testing.assert_close(compiled.step(tokens), eager.step(tokens), rtol=0, atol=1e-5)
+        assert compiled.owner is not None  # the last reorder kept the batch size

@@ -272,6 +272,7 @@ def _slot_step(model, ids, positions, visible, keys, values, slot, owner) -> tor
     h = model.slot_step_hidden(ids, positions, visible, writer)
     return model.lm_head(h[:, -1]).float()
 
+
 _compiled_slot_step = None
 
 
@@ -351,19 +352,6 @@ class Seq2SeqSession(_Packing):
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self._pack(tokens.numel())
         return self._forward(tokens.view(-1, 1), None)
-
-    def _settle(self) -> None:
-        """Copy every row's cached keys/values into the row's own cache row, where `owner` points elsewhere."""
-        if self.owner is None:
-            return
-        written = self.cache.length
-        rows = self.owner[:, :written]
-        positions = torch.arange(written, device=rows.device)
-        for buffer in self.cache.keys + self.cache.values:
-            part = buffer[:, :, :written]
-            part.copy_(part[rows, :, positions].transpose(1, 2))  # advanced indexing copies: no aliasing
-        self.owner = None
-        self.checked = 0
 
     def _forward(self, ids: torch.Tensor, encoder_hidden: torch.Tensor | None) -> torch.Tensor:
         h = self.model.decoder_hidden_states(ids, encoder_hidden, self.encoder_mask, cache=self.cache)

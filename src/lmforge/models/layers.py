@@ -105,6 +105,7 @@ class Linear(nn.Linear):
 # at one row, first clones its input and copies the bias. Up to this many weights per matrix that is
 # 4-10 % faster per step; above it (GPT-2's 768 x 2304 and larger) MKL's product is faster.
 FUSED_MV_MAX_WEIGHT = 1 << 20
+
 _LIBRARY = torch.library.Library("lmforge", "DEF")
 _LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor weight, Tensor? bias, int rows) -> Tensor")
 # MKL's product itself is the kernel: an opaque operator, so that a compiled graph calls it as is (inductor

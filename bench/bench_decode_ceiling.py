@@ -18,7 +18,10 @@ bench_generate.py, four ways:
 `hand_loop` is a ceiling for any eager implementation; `matrices_only` is the part no implementation
 avoids in float32. Prints medians (ms per token) and ratios to transformers; writes a JSON.
 
-    python bench/bench_decode_ceiling.py [--reps 7] [--new 200] [--compile] [--out FILE]
+With `--compile` also ``lmforge_compiled``: `lmforge.generate(..., compile=True)`. With `--model gpt2` the
+same on the GPT-2-small shape, with the memory floor of bench_generate (weights / copy bandwidth).
+
+    python bench/bench_decode_ceiling.py [--reps 7] [--new 200] [--compile] [--model small|gpt2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_generate import PROMPT_LEN, build, machine, write_report  # noqa: E402
+from bench_generate import PROMPT_LEN, build, copy_bandwidth, machine, write_report  # noqa: E402
 
 
 def hand_loop(model, prompt_token: int, new: int) -> None:
@@ -117,7 +120,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--new", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="add the compiled fixed-shape step")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the compiled fixed-shape step and generate(..., compile=True)")
+    parser.add_argument("--model", choices=["small", "gpt2"], default="small",
+                        help="bench_generate's model (gpt2: the GPT-2-small shape, also reports the memory floor)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_ceiling.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,7 +133,7 @@ def main() -> None:
     from lmforge.generate import generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        hf, ours, _ = build("small", Path(tmp))
+        hf, ours, weight_bytes = build(args.model, Path(tmp))
     ids = torch.randint(0, ours.config.vocab_size, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
     new = args.new
     systems = {
@@ -141,6 +147,8 @@ def main() -> None:
     if args.compile:
         run_compiled, compile_s = compiled_loop(ours, new)
         systems["compiled_step"] = lambda: run_compiled(int(ids[0, -1]))
+        systems["lmforge_compiled"] = lambda: generate(ours, ids, max_new_tokens=new, ignore_eos=True,
+                                                       do_sample=False, compile=True)
         print(f"compiled the step in {compile_s:.1f} s")
     for run in systems.values():  # warm-up
         run()
@@ -152,12 +160,18 @@ def main() -> None:
             systems[name]()
             ms[name].append(1e3 * (time.perf_counter() - start) / new)
     med = {name: statistics.median(v) for name, v in ms.items()}
+    floor = None
+    if args.model == "gpt2":  # the float32 weights read once per token at the copy bandwidth (bench_generate)
+        floor = 1e3 * weight_bytes / copy_bandwidth(args.threads)
+        print(f"floor          {floor:6.2f} ms/token")
     for name, value in med.items():
-        print(f"{name:14s} {value:6.2f} ms/token  {med['transformers'] / value:5.2f}x transformers")
+        over = f"  {value / floor:5.2f}x floor" if floor else ""
+        print(f"{name:16s} {value:6.2f} ms/token  {med['transformers'] / value:5.2f}x transformers{over}")
     report = {
         "benchmark": "decode_ceiling", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python"] + sys.argv), "machine": machine(), "threads": args.threads,
-        "torch": torch.__version__, "transformers": transformers.__version__, "new_tokens": new,
+        "torch": torch.__version__, "transformers": transformers.__version__, "model": args.model, "new_tokens": new,
+        "floor_ms_per_token": floor,
         "repetitions": args.reps, "compile_s": compile_s, "ms_per_token": ms, "ms_per_token_median": med,
         "speedup_vs_transformers": {name: med["transformers"] / value for name, value in med.items()},
     }

@@ -93,14 +93,14 @@ class Linear(nn.Linear):
                 y = product(x.reshape(rows, self.in_features), packed, self.weight, self.bias, rows)
                 return y.view(*x.shape[:-1], self.out_features)
         if x.numel() == self.in_features and self.weight.numel() <= FUSED_MV_MAX_WEIGHT \
-                and torch.compiler.is_compiling():  # one row, a small weight, in a compiled step: see below
+                and x.device.type == "cpu" and torch.compiler.is_compiling():  # one row, a small weight: see below
             v = x.reshape(-1)
             y = torch.mv(self.weight, v) if self.bias is None else torch.addmv(self.bias, self.weight, v)
             return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
 
-# Inductor turns a matrix-vector product (`mv`) into its own C++ loop, fused with the operations around it
+# On the CPU, inductor turns a matrix-vector product (`mv`) into its own C++ loop, fused with the operations around it
 # (a whole decoding step of the 6 x 384 benchmark model becomes one kernel), where `addmm` calls MKL and,
 # at one row, first clones its input and copies the bias. Up to this many weights per matrix that is
 # 4-10 % faster per step; above it (GPT-2's 768 x 2304 and larger) MKL's product is faster.

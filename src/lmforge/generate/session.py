@@ -195,13 +195,10 @@ class DecoderOnlySession(_Packing):
         if self.owner is None:
             return
         written = self.cache.length
-        rows = self.owner[:, :written]
-        positions = torch.arange(written, device=rows.device)
         for buffer in self.cache.keys + self.cache.values:
-            part = buffer[:, :, :written]
-            part.copy_(part[rows, :, positions].transpose(1, 2))  # advanced indexing copies: no aliasing
+            # the gather copies (advanced indexing), so writing it back into the same rows cannot alias
+            buffer[:, :, :written].copy_(_owned(buffer, self.owner, written))
         self.owner = None
-        self.checked = 0
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         end = self.cache.length + ids.shape[1]
@@ -216,11 +213,10 @@ class DecoderOnlySession(_Packing):
                 self.owner = torch.arange(self.batch_size, device=index.device)[:, None].repeat(1, self.cache.max_len)
                 self.checked = 0
             self.owner = self.owner.index_select(0, index)
-        else:
+        else:  # eager, or compiled to another batch size: new shapes, the next steps run under all guards
             self._settle()
             self.cache.reorder(index)
-            if index.numel() != self.batch_size:  # compiled: new shapes, the next steps run under all guards
-                self.checked = 0
+            self.checked = 0
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.prefix_ids = self.prefix_ids.index_select(0, index)
@@ -258,12 +254,16 @@ class _SlotWriter:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer].index_copy_(2, self.slot, k)
         self.values[layer].index_copy_(2, self.slot, v)
-        keys, values = self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
         if self.owner is None:
-            return keys, values
-        rows = self.owner[:, :self.end]
-        positions = torch.arange(self.end, device=rows.device)
-        return keys[rows, :, positions].transpose(1, 2), values[rows, :, positions].transpose(1, 2)
+            return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
+        return _owned(self.keys[layer], self.owner, self.end), _owned(self.values[layer], self.owner, self.end)
+
+
+def _owned(buffer: torch.Tensor, owner: torch.Tensor, end) -> torch.Tensor:
+    """The first `end` positions of every row of a (B, heads, capacity, dim) cache buffer, each taken from
+    the cache row `owner` (B, capacity) names for that row and position."""
+    positions = torch.arange(end, device=owner.device)
+    return buffer[owner[:, :end], :, positions].transpose(1, 2)
 
 
 def _slot_step(model, ids, positions, visible, keys, values, slot, owner) -> torch.Tensor:

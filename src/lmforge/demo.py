@@ -12,25 +12,18 @@
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from lmforge.config import ModelConfig
 from lmforge.data.stdlib_corpus import build_stdlib_corpus
 from lmforge.data.tokens import TokenData
 from lmforge.evaluate.novelty import NGramIndex
 from lmforge.generate.api import generate
 from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.hub.hf import load_folder
-from lmforge.models.decoder import DecoderLM
-from lmforge.train import load_config, train
-from lmforge.train.optim import make_optimizer
+from lmforge.train import TrainConfig, train
 from lmforge.train.report import METRICS, PLOT, RunFiles, format_duration
-from lmforge.train.trainer import lm_loss
 
 PROMPTS = [
     "Return the number of",
@@ -76,25 +69,6 @@ def say(text: str, quiet: bool) -> None:
         print(text, flush=True)
 
 
-def planned_iters(minutes: float, seq_per_step: int) -> int:
-    """Steps that fit the budget, from the speed of a few timed steps of the same shape on random data,
-    so the cosine schedule reaches its floor near the end of the budget."""
-    shape = {k.split(".", 1)[1]: v for k, v in MODEL.items()}
-    family = shape.pop("family")
-    model = DecoderLM(ModelConfig.for_family(family, vocab_size=VOCAB_SIZE, **shape)).train()
-    optimizer = make_optimizer(model, 1e-4, 0.1, (0.9, 0.99), "cpu")
-    x = torch.randint(0, VOCAB_SIZE, (seq_per_step, MODEL["model.block_size"]))
-    timings = []
-    for _ in range(4):
-        began = time.perf_counter()
-        lm_loss(model, x, x).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        timings.append(time.perf_counter() - began)
-    step_s = statistics.median(timings[1:]) * 1.15  # evaluations and checkpoints take a share too
-    return max(20, int(minutes * 60 / step_s))
-
-
 def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes: float = DEFAULT_MINUTES,
              seed: int = 1337, max_new_tokens: int = 48, quiet: bool = False) -> DemoResult:
     began = time.perf_counter()
@@ -110,14 +84,12 @@ def run_demo(out_dir: str | Path = "runs/demo", data: str | None = None, minutes
     else:
         source, corpus_note = data, data
 
-    max_iters = planned_iters(minutes, BATCH_SIZE)
-    say(f"training a small GPT for about {minutes:g} min ({max_iters} steps planned)", quiet)
-    cfg = load_config(overrides={
+    say(f"training a small GPT for {minutes:g} min (the learning-rate schedule is planned on the time)", quiet)
+    cfg = TrainConfig.load(overrides={
         **MODEL, "out_dir": str(out / "train"), "data.source": source, "data.tokenizer": "bpe",
-        "data.vocab_size": VOCAB_SIZE, "batch_size": BATCH_SIZE, "max_iters": max_iters,
-        "max_minutes": minutes * 1.1, "learning_rate": 2e-3, "min_lr": 2e-4, "warmup_iters": max(10, max_iters // 20),
-        "eval_interval": max(10, max_iters // 6), "eval_iters": 10, "log_interval": max(1, max_iters // 50),
-        "sample_tokens": 0, "seed": seed, "weight_decay": 0.1,
+        "data.vocab_size": VOCAB_SIZE, "batch_size": BATCH_SIZE, "max_iters": None, "max_minutes": minutes,
+        "learning_rate": 2e-3, "min_lr": 2e-4, "warmup_iters": 20, "eval_minutes": minutes / 6, "eval_iters": 10,
+        "log_interval": 25, "sample_tokens": 0, "seed": seed, "weight_decay": 0.1,
     })
     result = train(cfg, quiet=quiet)
     data_files = TokenData.open(result.run_dir / "data")

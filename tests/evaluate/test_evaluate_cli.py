@@ -14,7 +14,7 @@ from lmforge.config import preset
 from lmforge.evaluate.text_metrics import split_sentences
 from lmforge.models.decoder import DecoderLM
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.finetune import finetune
+from lmforge.train import finetune
 
 PAIRS = [("Amanda: I baked cookies. Do you want some?\nJerry: Sure!", "Amanda baked cookies and will bring Jerry some."),
          ("Tom: Are you coming tonight?\nAnna: Yes, at eight.", "Anna is coming tonight at eight."),

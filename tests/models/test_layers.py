@@ -18,7 +18,6 @@ from lmforge.models.layers import (
     pack_linears,
     unpack_linears,
 )
-from lmforge.train.finetune import smoothed_cross_entropy
 
 
 def test_rmsnorm_backward_passes_gradcheck_and_matches_the_composite_formula():
@@ -116,18 +115,3 @@ def test_packed_linears_give_the_same_logits_and_are_dropped_when_weights_change
     pack_linears(model, 4)
     unpack_linears(model)
     assert all(m.pack is None for m in model.modules() if isinstance(m, Linear))
-
-
-def test_smoothed_cross_entropy_matches_torch():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 5, 11, requires_grad=True)
-    labels = torch.randint(0, 11, (3, 5))
-    labels[0, 3:] = -100
-    for smoothing in (0.0, 0.1):
-        loss, nll = smoothed_cross_entropy(logits, labels, smoothing)
-        ref = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=smoothing)
-        torch.testing.assert_close(loss, ref)
-        torch.testing.assert_close(nll, F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
-        grad, = torch.autograd.grad(loss, logits)
-        ref_grad, = torch.autograd.grad(ref, logits)
-        torch.testing.assert_close(grad, ref_grad)

@@ -15,8 +15,8 @@ from lmforge.errors import LmforgeError
 from lmforge.generate.api import generate
 from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.finetune import COPY_PROMPT, copy_examples, finetune
-from lmforge.train.finetune_config import load_finetune_config
+from lmforge.train import FinetuneConfig, finetune
+from lmforge.train.pairs import COPY_PROMPT, copy_examples
 
 PAIRS = [
     {"id": "a", "text": "the cat sat on the mat", "summary": "cat on mat"},
@@ -114,13 +114,13 @@ def test_decoder_only_prompt_completion_through_the_cli(tmp_path, capsys):
 def test_config_overrides_and_errors(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("max_iters: 5\ndata:\n  template: 'summarize: {dialogue}'\nmodel:\n  preset: tiny-bart\n")
-    config = load_finetune_config(yaml_file, ["--model.d_model", "32", "data.too_long=error", "--max-iters=7"])
+    config = FinetuneConfig.load(yaml_file, ["--model.d_model", "32", "data.too_long=error", "--max-iters=7"])
     assert (config.max_iters, config.model.preset, config.model.d_model) == (7, "tiny-bart", 32)
     assert config.data.template == "summarize: {dialogue}" and config.data.too_long == "error"
     with pytest.raises(LmforgeError, match="did you mean label_smoothing"):
-        load_finetune_config(overrides={"label_smothing": 0.1})
+        FinetuneConfig.load(overrides={"label_smothing": 0.1})
     with pytest.raises(LmforgeError, match="too_long must be truncate, drop or error"):
-        load_finetune_config(overrides={"data.too_long": "cut"})
+        FinetuneConfig.load(overrides={"data.too_long": "cut"})
     with pytest.raises(LmforgeError, match="best_metric 'bleu'"):
         finetune({"metrics": "rouge", "best_metric": "bleu", "out_dir": str(tmp_path / "x")}, quiet=True)
     with pytest.raises(LmforgeError, match="unknown model preset 'tiny-xl'"):
@@ -187,5 +187,5 @@ def test_copy_fraction_in_a_run(tmp_path):
 
 @pytest.mark.parametrize("name", ["multi30k-cpu", "samsum-cpu"])
 def test_seq2seq_recipes_load(name):
-    config = load_finetune_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    config = FinetuneConfig.load(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert config.model.preset == "tiny-bart" and config.max_minutes == 60 and config.max_iters is None

@@ -8,23 +8,24 @@ from lmforge.cli.main import main
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
 from lmforge.models.decoder import DecoderLM
-from lmforge.train.config import TrainConfig, load_config, parse_overrides
+from lmforge.train import TrainConfig
+from lmforge.train.config import parse_overrides
 from lmforge.train.optim import lr_at, param_groups
 
 
 def test_yaml_then_overrides_in_every_syntax(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  n_layer: 3\nlearning_rate: 1e-3\nmax_minutes: null\ndata:\n  source: foo.txt\n")
-    cfg = load_config(path, ["--model.n_head", "8", "--batch_size=3", "compile=true", "--max-iters", "7"])
+    cfg = TrainConfig.load(path, ["--model.n_head", "8", "--batch_size=3", "compile=true", "--max-iters", "7"])
     assert cfg.model.n_layer == 3 and cfg.model.n_head == 8 and cfg.batch_size == 3 and cfg.compile is True
     assert cfg.max_iters == 7 and cfg.learning_rate == 1e-3 and isinstance(cfg.learning_rate, float)
     assert cfg.data.source == "foo.txt" and cfg.max_minutes is None
     assert cfg.model.n_embd == TrainConfig().model.n_embd  # untouched fields keep the dataclass default
-    assert load_config(overrides={"model": {"n_layer": 2}, "max_minutes": "1.5"}).max_minutes == 1.5
+    assert TrainConfig.load(overrides={"model": {"n_layer": 2}, "max_minutes": "1.5"}).max_minutes == 1.5
 
 
 def test_shipped_recipe_loads():
-    cfg = load_config("configs/shakespeare-char-cpu.yaml")
+    cfg = TrainConfig.load("configs/shakespeare-char-cpu.yaml")
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     assert (cfg.batch_size, cfg.max_iters, cfg.decay_iters, cfg.beta2, cfg.model.bias) == (12, 2000, 2000, 0.99, False)
     assert (cfg.model.family, cfg.model.intermediate_size) == ("llama", 344)
@@ -41,7 +42,7 @@ def test_shipped_recipe_loads():
 ])
 def test_bad_overrides_name_the_key(items, message):
     with pytest.raises(LmforgeError, match=message):
-        load_config(overrides=items)
+        TrainConfig.load(overrides=items)
 
 
 def test_unknown_yaml_key_names_the_closest(tmp_path):
@@ -49,10 +50,10 @@ def test_unknown_yaml_key_names_the_closest(tmp_path):
     path.write_text("model:\n  n_embed: 64\n")
     message = r"unknown config key 'model.n_embed' in .*run.yaml; did you mean model.n_embd"
     with pytest.raises(LmforgeError, match=message):
-        load_config(path)
+        TrainConfig.load(path)
     path.write_text("- a list\n")
     with pytest.raises(LmforgeError, match="mapping"):
-        load_config(path)
+        TrainConfig.load(path)
 
 
 def test_cli_unknown_option_exits_2(capsys):
@@ -65,7 +66,7 @@ def test_cli_unknown_option_exits_2(capsys):
 
 
 def test_override_parsing_keeps_strings():
-    assert parse_overrides(["--sample_prompt", "To be", "data.source=a=b.txt"]) == {
+    assert parse_overrides(TrainConfig, ["--sample_prompt", "To be", "data.source=a=b.txt"]) == {
         "sample_prompt": "To be", "data.source": "a=b.txt"}
 
 

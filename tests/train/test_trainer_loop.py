@@ -6,7 +6,7 @@ from train_helpers import tiny
 
 import lmforge
 from lmforge.errors import LmforgeError
-from lmforge.train import TrainConfig, load_config, train
+from lmforge.train import TrainConfig, train
 
 
 def test_run_folder_holds_metrics_plot_config_and_loadable_checkpoints(tmp_path, prepared):
@@ -20,7 +20,7 @@ def test_run_folder_holds_metrics_plot_config_and_loadable_checkpoints(tmp_path,
         assert key in metrics[-1]
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert load_config(run / "config.yaml").model.n_embd == 32
+    assert TrainConfig.load(run / "config.yaml").model.n_embd == 32
     assert "--- iter 8 ---" in (run / "samples.txt").read_text()
     model, tokenizer = lmforge.load(run / "best")
     assert tokenizer.kind == "char" and model.config.n_layer == 1 and model.config.bias is False

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.losses import causal_labels, token_logprobs
 
 
 @dataclass
@@ -39,10 +40,9 @@ def continuation_logprobs(model, prefix: Sequence[int], continuation: Sequence[i
     if not continuation:
         return []
     device = next(model.parameters()).device
+    input_ids, labels = causal_labels(torch.tensor([ids], device=device), scored_from=len(prefix))
     with torch.inference_mode():
-        logits = model(torch.tensor([ids], device=device))[0, len(prefix) - 1:-1].float()
-        target = torch.tensor(list(continuation), device=device)
-        return logits.log_softmax(-1).gather(1, target[:, None]).squeeze(1).tolist()
+        return token_logprobs(model(input_ids), labels)[0, len(prefix) - 1:].tolist()
 
 
 def score_ids(model, token_ids: Sequence[int]) -> TextScore:

@@ -1,10 +1,14 @@
-"""Training: the config, the loop (scratch, fine-tuning, resume, torchrun), checkpoints.
+"""Training: one loop (train/loop.py) for every task, one config system (train/config.py), checkpoints.
 
-    from lmforge.train import TrainConfig, load_config, train
-    result = train(load_config("configs/shakespeare-char-cpu.yaml", {"max_iters": 500}))
+    from lmforge.train import TrainConfig, train
+    result = train(TrainConfig.load("configs/shakespeare-char-cpu.yaml", {"max_iters": 500}))
+
+    from lmforge.train import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig.load("configs/samsum-cpu.yaml", ["--max_minutes", "10"]))
 """
 
-from lmforge.train.config import DataConfig, ModelShape, TrainConfig, load_config
-from lmforge.train.trainer import TrainResult, train
+from lmforge.train.lm import DataConfig, ModelShape, TrainConfig, train
+from lmforge.train.loop import RunResult
+from lmforge.train.pairs import FinetuneConfig, finetune
 
-__all__ = ["DataConfig", "ModelShape", "TrainConfig", "TrainResult", "load_config", "train"]
+__all__ = ["DataConfig", "FinetuneConfig", "ModelShape", "RunResult", "TrainConfig", "finetune", "train"]

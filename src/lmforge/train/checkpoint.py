@@ -1,9 +1,9 @@
 """Checkpoints: a Hugging Face model folder (weights, config, tokenizer) with the training state beside it.
 
     model folder (config.json, model.safetensors, tokenizer.json, generation_config.json)
-    trainer_state.json   iteration, best validation loss, elapsed time, the run's config
+    trainer_state.json   iteration, best metric, elapsed time, the run's config
     optimizer.pt         AdamW state (moments, step counts)
-    training_state.pt    RNG states of every rank, the data sampler's position, the gradient scaler
+    training_state.pt    RNG states of every rank, the task's data position, the gradient scaler
 
 Each checkpoint is written under a temporary name and renamed into place, so a crash or a full disk
 leaves the previous one intact. Everything loads with safetensors or `torch.load(weights_only=True)`.
@@ -36,14 +36,14 @@ def _disk_full(exc: BaseException | None) -> bool:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, tokenizer, trainer_state: dict,
-                    generation_config: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    generation_config: dict | None = None, optimizer_state: dict | None = None,
                     training_state: dict | None = None) -> Path:
     """Write the model folder and, for a resumable checkpoint, the optimizer and training state, atomically."""
     try:
         with atomic_path(folder, is_dir=True) as tmp:
             save_folder(model, tmp, tokenizer=tokenizer, generation_config=generation_config)
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / OPTIMIZER)
             if training_state is not None:
                 torch.save(training_state, tmp / TRAINING_STATE)
             (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")

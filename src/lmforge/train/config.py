@@ -1,9 +1,14 @@
-"""The training configuration: dataclasses whose defaults are the single source of truth, YAML files, and
-command-line overrides.
+"""The configuration of every training verb: dataclasses whose defaults are the single source of truth,
+YAML files, and command-line overrides.
 
-A run is described by a YAML file with the same nesting as `TrainConfig` (`data:` and `model:`
-sections, the rest at the top level). Any field can then be overridden as `--model.n_layer 4`,
-`--model.n_layer=4` or `model.n_layer=4`; values are parsed by the field's type.
+`LoopConfig` holds what the training loop does for any task (budgets, schedule, optimizer, evaluation,
+checkpoints, precision, devices); each task's config extends it with its data and model sections and its
+own fields (train/lm.py: `TrainConfig`, train/pairs.py: `FinetuneConfig`). A run is described by a YAML file
+with the same nesting (`data:` and `model:` sections, the rest at the top level); any field can then be
+overridden as `--model.n_layer 4`, `--model.n_layer=4`, `--model.n-layer 4` or `model.n_layer=4`; values
+are parsed by the field's type, and an unknown key is answered with the closest valid one.
+
+    cfg = TrainConfig.load("configs/shakespeare-char-cpu.yaml", ["--max_iters", "500"])
 """
 
 from __future__ import annotations
@@ -15,54 +20,26 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
 from lmforge.errors import LmforgeError
 
-
-@dataclass
-class DataConfig:
-    source: str = field(default="tinyshakespeare", metadata={
-        "help": "a named data set (tinyshakespeare), a text file, a folder of them, a .jsonl file, "
-                "or a folder made by `lmforge prepare`"})
-    tokenizer: str = field(default="auto", metadata={
-        "help": "char, bpe (trained on the corpus), or a tokenizer/model folder; auto: the fine-tuned "
-                "model's tokenizer, else char"})
-    vocab_size: int = field(default=8192, metadata={"help": "vocabulary size of a trained bpe tokenizer"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of the tokens held out for validation"})
-    text_field: str = field(default="text", metadata={"help": "the text field of JSON Lines records"})
-    errors: str = field(default="strict", metadata={
-        "help": "non-UTF-8 bytes: strict (stop and name them), replace or ignore"})
+RUN_CONFIG = "config.yaml"  # the config a run folder keeps
 
 
 @dataclass
-class ModelShape:
-    """The architecture of a model trained from scratch; a fine-tuned model brings its own (only
-    `block_size`, the training context, and `dropout` apply to it)."""
+class LoopConfig:
+    """What the training loop does, whatever the task."""
 
-    family: str = field(default="gpt2", metadata={"help": "gpt2, opt, llama, mistral or qwen2"})
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = field(default=64, metadata={"help": "context length of the training windows"})
-    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width; null: 4 * n_embd"})
-    dropout: float = 0.0
-    bias: bool = field(default=False, metadata={"help": "biases in linear layers and norms"})
-
-
-@dataclass
-class TrainConfig:
     out_dir: str = field(default="runs/train", metadata={"help": "the run folder"})
     init_from: str = field(default="scratch", metadata={
-        "help": "scratch, resume (continue the run in out_dir), or a Hugging Face/lmforge model folder"})
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelShape = field(default_factory=ModelShape)
-    batch_size: int = field(default=12, metadata={"help": "sequences per micro-step per process"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
-    max_iters: int = field(default=2000, metadata={"help": "optimizer steps"})
+        "help": "scratch, or a Hugging Face/lmforge model folder to fine-tune (resume a run with --resume)"})
+    max_iters: int | None = field(default=2000, metadata={
+        "help": "optimizer steps; null: train for max_minutes, with the schedule planned on the time"})
     max_minutes: float | None = field(default=None, metadata={
-        "help": "stop after this much wall time (the schedule stays planned on max_iters)"})
+        "help": "stop after this much wall time (with max_iters set, the schedule stays planned on max_iters)"})
     learning_rate: float = 1e-3
     min_lr: float = field(default=1e-4, metadata={"help": "the learning rate at the end of the cosine decay"})
     warmup_iters: int = 100
@@ -72,39 +49,92 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0: off"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     eval_interval: int = field(default=250, metadata={"help": "evaluate and checkpoint every this many steps"})
-    eval_iters: int = field(default=20, metadata={"help": "batches per split in each evaluation"})
+    eval_minutes: float | None = field(default=None, metadata={
+        "help": "evaluate and checkpoint every this many minutes of the run instead of every eval_interval steps"})
     log_interval: int = field(default=10, metadata={"help": "steps between progress lines"})
     patience: int = field(default=0, metadata={
-        "help": "stop after this many evaluations without a better validation loss; 0: never"})
-    sample_tokens: int = field(default=200, metadata={"help": "tokens of the sample printed at each evaluation"})
-    sample_prompt: str = field(default="\n", metadata={"help": "the prompt of the periodic samples"})
-    temperature: float = 0.8
-    top_k: int = 200
+        "help": "stop after this many evaluations without a better best_metric; 0: never"})
+    best_metric: str = field(default="val_loss", metadata={
+        "help": "what picks the best checkpoint: val_loss (lower is better) or another metric the task reports"})
     seed: int = 1337
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="auto", metadata={
         "help": "float32, bfloat16 or float16 (autocast); auto: float32 on CPU, bfloat16 on GPU"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for the training steps"})
+    distributed: str = field(default="ddp", metadata={
+        "help": "under torchrun: ddp (a replica per process) or fsdp (parameters, gradients and optimizer state "
+                "sharded across the processes, for models that do not fit one device)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default"})
+
+    # Fields that may change when a run is resumed; any other difference means a different run.
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({
+        "out_dir", "init_from", "max_iters", "max_minutes", "eval_interval", "eval_minutes", "log_interval",
+        "patience", "device", "compile", "threads"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @property
-    def decay_iters(self) -> int:
+    def decay_iters(self) -> int | None:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
 
+    def checks(self) -> list[tuple[bool, str]]:
+        """(condition, the sentence shown when it fails) for every setting; tasks add their own."""
+        return [
+            (self.max_iters is not None or self.max_minutes is not None, "set max_iters, max_minutes, or both"),
+            (self.max_iters is None or self.max_iters >= 0, "max_iters must not be negative"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive (or null for no limit)"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 <= self.min_lr <= self.learning_rate, "min_lr must be between 0 and learning_rate"),
+            (self.warmup_iters >= 0, "warmup_iters must not be negative"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),
+            (self.eval_interval >= 1, "eval_interval must be at least 1"),
+            (self.eval_minutes is None or self.eval_minutes > 0, "eval_minutes must be positive (or null)"),
+            (self.log_interval >= 1, "log_interval must be at least 1"),
+            (self.patience >= 0, "patience must not be negative"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must not be negative (0 turns clipping off)"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"),
+             "dtype must be auto, float32, bfloat16 or float16"),
+            (self.distributed in ("ddp", "fsdp"), "distributed must be ddp or fsdp"),
+            (self.threads >= 0, "threads must not be negative"),
+        ]
 
-# Fields that may change when a run is resumed; any other difference means a different run.
-RESUMABLE_CHANGES = frozenset({
-    "out_dir", "init_from", "max_iters", "max_minutes", "eval_interval", "eval_iters", "log_interval",
-    "patience", "sample_tokens", "sample_prompt", "temperature", "top_k", "device", "compile", "threads",
-})
+    # ---- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None):
+        """The defaults, then the YAML file, then the overrides (a (nested or dotted) mapping, or command-line
+        items), every key and value checked."""
+        config = cls()
+        if path is not None:
+            config = apply(config, flatten(cls, read_yaml(path)), str(path))
+        if overrides:
+            flat = parse_overrides(cls, overrides) if isinstance(overrides, list) else flatten(cls, overrides)
+            config = apply(config, flat, "the overrides")
+        validate(config)
+        return config
+
+    @classmethod
+    def from_any(cls, config):
+        """`config` as this class: an instance, a mapping of (dotted) keys, a YAML file, or a run folder (its
+        config.yaml, with out_dir pointing at the folder)."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.load(overrides=config)
+        path = Path(config)
+        if path.is_dir():
+            if not (path / RUN_CONFIG).is_file():
+                raise LmforgeError(f"{path} is not a run folder (no {RUN_CONFIG}); pass a YAML config instead")
+            return cls.load(path / RUN_CONFIG, {"out_dir": str(path)})
+        return cls.load(path)
 
 
-def field_types(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[type, dataclasses.Field]]:
-    """Every leaf field as a dotted key -> (type, field)."""
+def field_types(cls: type, prefix: str = "") -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every leaf field of a config class as a dotted key -> (type, field)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
@@ -116,20 +146,21 @@ def field_types(cls=TrainConfig, prefix: str = "") -> dict[str, tuple[type, data
     return out
 
 
-def closest_key(key: str) -> str | None:
-    keys = list(field_types())
+def default_of(cls: type, key: str):
+    value = cls()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def closest_key(cls: type, key: str) -> str | None:
+    keys = list(field_types(cls))
     leaf = key.rsplit(".", 1)[-1]
     by_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
     if by_leaf:
         return by_leaf[0]
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     return close[0] if close else None
-
-
-def unknown_key_error(key: str, where: str) -> LmforgeError:
-    close = closest_key(key)
-    hint = f"; did you mean {close}?" if close else "; see `lmforge train --help` for the valid keys"
-    return LmforgeError(f"unknown config key {key!r} in {where}{hint}")
 
 
 def coerce(key: str, value, kind: type):
@@ -165,41 +196,51 @@ def coerce(key: str, value, kind: type):
             if isinstance(value, (dict, list)):
                 raise ValueError
             return value if isinstance(value, str) else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     raise LmforgeError(f"config key {key} expects {'an' if kind is int else 'a'} {kind.__name__}"
                        f"{' or null' if optional else ''}, got {value!r}")
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name in ("data", "model"):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
+def canonical_key(cls: type, key: str, where: str) -> str:
+    """A key as written by a user (dashes allowed for underscores) as the config's dotted key, or an error
+    that names the closest valid key."""
+    keys = field_types(cls)
+    for name in (key, key.replace("-", "_")):
+        if name in keys:
+            return name
+    close = closest_key(cls, key.replace("-", "_"))
+    hint = f"; did you mean {close}?" if close else "; see --help for the valid keys"
+    raise LmforgeError(f"unknown config key {key!r} in {where}{hint}")
 
 
-def from_flat(values: dict, where: str = "the config", base: TrainConfig | None = None) -> TrainConfig:
-    """Apply dotted key -> value pairs to `base` (default: the defaults), checking every key and value."""
-    fields = field_types()
-    config = base if base is not None else TrainConfig()
+def apply(config, values: dict, where: str):
+    """Set dotted key -> value pairs on `config`, checking every key and value."""
+    keys = field_types(type(config))
     for key, value in values.items():
-        if key not in fields:
-            raise unknown_key_error(key, where)
-        kind, _ = fields[key]
+        name = canonical_key(type(config), key, where)
         target = config
-        *parents, leaf = key.split(".")
+        *parents, leaf = name.split(".")
         for parent in parents:
             target = getattr(target, parent)
-        setattr(target, leaf, coerce(key, value, kind))
-    validate(config)
+        setattr(target, leaf, coerce(name, value, keys[name][0]))
     return config
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def flatten(cls: type, mapping: dict, prefix: str = "") -> dict:
+    """A nested mapping (YAML sections) as dotted keys; only the config's sections are descended into."""
+    sections = {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])}
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key in sections:
+            section = typing.get_type_hints(cls)[key]
+            out.update(flatten(section, value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LmforgeError(f"config file {path} does not exist")
@@ -211,10 +252,10 @@ def load_yaml(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(data, dict):
         raise LmforgeError(f"{path} should hold a mapping of config keys, not a {type(data).__name__}")
-    return flatten(data)
+    return data
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(cls: type, items: list[str]) -> dict:
     """`--key value`, `--key=value` and `key=value` items as a dotted key -> string mapping."""
     out, i = {}, 0
     while i < len(items):
@@ -232,49 +273,34 @@ def parse_overrides(items: list[str]) -> dict:
             key, value = item.split("=", 1)
         else:
             raise LmforgeError(f"cannot read the override {item!r}; write --key value or key=value")
-        out[key.replace("-", "_") if key not in field_types() else key] = value
+        out[key] = value
         i += 1
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then the overrides (a dotted-key mapping or command-line items)."""
-    config = TrainConfig()
-    if path is not None:
-        config = from_flat(load_yaml(path), where=str(path), base=config)
-    if overrides:
-        flat = parse_overrides(overrides) if isinstance(overrides, list) else flatten(overrides)
-        config = from_flat(flat, where="the overrides", base=config)
-    return config
-
-
-def to_yaml(config: TrainConfig | dict) -> str:
-    data = config.to_dict() if isinstance(config, TrainConfig) else config
+def to_yaml(config) -> str:
+    data = config.to_dict() if dataclasses.is_dataclass(config) else config
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def validate(c: TrainConfig) -> None:
-    checks = [
-        (c.batch_size >= 1, "batch_size must be at least 1"),
-        (c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),
-        (c.max_iters >= 0, "max_iters must not be negative"),
-        (c.max_minutes is None or c.max_minutes > 0, "max_minutes must be positive (or null for no limit)"),
-        (c.learning_rate > 0, "learning_rate must be positive"),
-        (0 <= c.min_lr <= c.learning_rate, "min_lr must be between 0 and learning_rate"),
-        (c.warmup_iters >= 0, "warmup_iters must not be negative"),
-        (c.eval_interval >= 1, "eval_interval must be at least 1"),
-        (c.eval_iters >= 1, "eval_iters must be at least 1"),
-        (c.log_interval >= 1, "log_interval must be at least 1"),
-        (c.patience >= 0, "patience must not be negative"),
-        (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
-        (c.grad_clip >= 0, "grad_clip must not be negative (0 turns clipping off)"),
-        (0 <= c.model.dropout < 1, "model.dropout must be in [0, 1)"),
-        (c.model.block_size >= 1, "model.block_size must be at least 1"),
-        (c.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype must be auto, float32, bfloat16 or float16"),
-        (c.data.errors in ("strict", "replace", "ignore"), "data.errors must be strict, replace or ignore"),
-        (0 < c.data.val_fraction < 1, "data.val_fraction must be between 0 and 1 (exclusive)"),
-        (c.threads >= 0, "threads must not be negative"),
-    ]
-    for ok, message in checks:
+def validate(config) -> None:
+    for ok, message in config.checks():
         if not ok:
             raise LmforgeError(message)
+
+
+def config_difference(config_class: type, saved: dict, current: dict) -> str | None:
+    """The first setting that differs between two configs and makes them different runs, in words."""
+    def flat(mapping: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in mapping.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    old, new = flat(saved), flat(current)
+    for key in new:
+        if key in config_class.RESUMABLE or key.split(".")[0] in config_class.RESUMABLE:
+            continue
+        if old.get(key) != new[key]:
+            return f"{key} is {old.get(key)!r} there and {new[key]!r} here"
+    return None

@@ -1,5 +1,5 @@
 """Distributed data parallel through torchrun: process group setup from the environment, rank-0 duties,
-and the few collectives the trainer needs (gloo on CPU, nccl on GPU)."""
+and the few collectives the training loop needs (gloo on CPU, nccl on GPU)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,23 @@ def teardown(info: DistInfo, clean: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def any_rank(info: DistInfo, flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag, true on every rank when it is true on any (stop requests must be agreed on, or ranks hang)."""
+def agree(info: DistInfo, interrupted: bool, over_time: bool, elapsed: float,
+          device: torch.device) -> tuple[bool, bool, float]:
+    """The stop requests (true everywhere when true on any rank: ranks that disagree hang) and the run's
+    elapsed time (the latest of all ranks: a schedule planned on time must give every rank the same rate)."""
     if not info.enabled:
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        return interrupted, over_time, elapsed
+    t = torch.tensor([float(interrupted), float(over_time), elapsed], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return bool(t[0]), bool(t[1]), t[2].item()
+
+
+def sum_over_ranks(info: DistInfo, value: int, device: torch.device) -> int:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
 
 
 def mean_over_ranks(info: DistInfo, value: float, device: torch.device) -> float:

@@ -16,10 +16,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float],
-                   device_type: str) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (one pass over each parameter instead of several), on CPU and GPU."""
+                   device_type: str, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass over each parameter instead of several) on CPU and GPU, unless
+    `fused` is false (parameters sharded by FSDP)."""
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate, betas=betas,
-                             fused=device_type in ("cpu", "cuda"))
+                             fused=fused and device_type in ("cpu", "cuda"))
 
 
 def lr_at(step: int, learning_rate: float, min_lr: float, warmup_iters: int, decay_iters: int,

@@ -24,7 +24,7 @@ from bench_shakespeare import CONFIG, lmforge_step, median_step_times, reference
 
 from lmforge.config import ModelConfig  # noqa: E402
 from lmforge.models.decoder import DecoderLM  # noqa: E402
-from lmforge.train import load_config  # noqa: E402
+from lmforge.train import TrainConfig  # noqa: E402
 
 VOCAB = 65
 SHAPE = dict(vocab_size=VOCAB, n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, dropout=0.0)
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args()
-    cfg = load_config(CONFIG)
+    cfg = TrainConfig.load(CONFIG)
     torch.manual_seed(0)
     steps = {"nanoGPT-style reference": reference_step(cfg, VOCAB)}
     for name, (family, knobs) in VARIANTS.items():

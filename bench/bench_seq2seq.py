@@ -31,8 +31,7 @@ sys.path.insert(0, str(root / "src"))
 import lmforge
 from lmforge.data.pairs import load_pairs
 from lmforge.evaluate.run import evaluate_pairs, write_reports
-from lmforge.train.finetune import finetune
-from lmforge.train.finetune_config import load_finetune_config
+from lmforge.train import FinetuneConfig, finetune
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine_info import cpu_name  # noqa: E402
@@ -87,7 +86,7 @@ def bench(task_name: str, args: argparse.Namespace) -> None:
     for item in args.overrides:
         key, _, value = item.partition("=")
         overrides[key] = value
-    config = load_finetune_config(root / task["config"], overrides)
+    config = FinetuneConfig.load(root / task["config"], overrides)
     argv = " ".join(sys.argv[1:]) if args.task != "all" else f"--task {task_name} --minutes {minutes} --device {args.device}"
     command = f"LMFORGE_DATA={os.environ['LMFORGE_DATA']} python bench/bench_seq2seq.py {argv}"
     print(f"== {command}", flush=True)

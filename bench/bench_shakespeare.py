@@ -38,10 +38,10 @@ from torch import nn
 import lmforge
 from lmforge.config import ModelConfig
 from lmforge.data.tokens import TokenData
+from lmforge.losses import cross_entropy
 from lmforge.models.decoder import DecoderLM
-from lmforge.train import load_config, train
+from lmforge.train import TrainConfig, train
 from lmforge.train.optim import make_optimizer
-from lmforge.train.trainer import lm_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine_info import cpu_name
@@ -58,7 +58,7 @@ def full_split_loss(model: nn.Module, tokens: np.ndarray, block: int, batch: int
     for start in range(0, n, batch):
         rows = [tokens[i * block:i * block + block + 1].astype(np.int64) for i in range(start, min(n, start + batch))]
         b = torch.from_numpy(np.stack(rows))
-        total += lm_loss(model, b[:, :-1], b[:, 1:]).item() * len(rows)
+        total += cross_entropy(model(b[:, :-1]), b[:, 1:])[1].item() * len(rows)
     return total / n
 
 
@@ -133,12 +133,12 @@ def reference_step(cfg, vocab: int):
 
 
 def lmforge_step(model: nn.Module, cfg):
-    """One training step of an lmforge model as the trainer takes it (compiled when the recipe says so)."""
+    """One training step of an lmforge model as the training loop takes it (compiled when the recipe says so)."""
     forward = torch.compile(model) if cfg.compile else model
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), "cpu")
 
     def step(x, y):
-        lm_loss(forward, x, y).backward()
+        cross_entropy(forward(x), y)[0].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -216,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("LMFORGE_DATA"):
         sys.exit("set LMFORGE_DATA to the folder of public data sets (it holds tinyshakespeare/input.txt)")
-    cfg = load_config(CONFIG, args.override + [f"out_dir={args.out_dir}", "sample_tokens=0"])
+    cfg = TrainConfig.load(CONFIG, args.override + [f"out_dir={args.out_dir}", "sample_tokens=0"])
     shutil.rmtree(args.out_dir, ignore_errors=True)
     start = time.perf_counter()
     run_dir = train_with_torchrun(args, cfg) if args.nproc > 1 else train(cfg, quiet=False).run_dir

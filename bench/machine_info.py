@@ -18,3 +18,9 @@ def lscpu_fields() -> dict[str, str]:
 def cpu_name() -> str:
     """The CPU model name, e.g. 'Intel(R) Xeon(R) Processor @ 2.50GHz'."""
     return lscpu_fields().get("Model name") or platform.processor()
+
+
+def cpu_flags(wanted: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")) -> dict:
+    """Which of the CPU features that decide matrix-product speed `lscpu` lists (all of them under "all")."""
+    flags = set(lscpu_fields().get("Flags", "").split())
+    return {"present": sorted(f for f in wanted if f in flags), "absent": sorted(f for f in wanted if f not in flags)}

@@ -299,8 +299,8 @@ class PairTraining:
             if checkpoint.tokenizer is None:
                 raise LmforgeError(f"{source} has no tokenizer (tokenizer.json); add the model's tokenizer")
             model, tokenizer = checkpoint.model, checkpoint.tokenizer
-            set_dropout(model, cfg.model.dropout)
-            if resume_from is None:
+            if resume_from is None:  # a resumed model keeps the dropout its config.json records
+                set_dropout(model, cfg.model.dropout)
                 run.say(f"fine-tuning {source}: {model.config.family}, {model.num_parameters() / 1e6:.2f}M parameters")
             return model, tokenizer, dict(checkpoint.generation_config)
         d = cfg.data

@@ -44,3 +44,20 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("LMFORGE_DATA is not set to the folder of public data sets (e.g. ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def hub_models(tmp_path_factory) -> dict:
+    """Tiny random models with the real repositories' layouts, by Hub name (tests/hub_repos.py)."""
+    from hub_repos import build_all
+
+    return build_all(tmp_path_factory.mktemp("hub-models"))
+
+
+@pytest.fixture
+def hub(fake_hub, hub_models) -> FakeHub:
+    """The fake Hub serving the lecture's models and data sets under their names."""
+    from hub_repos import publish
+
+    publish(fake_hub, hub_models)
+    return fake_hub

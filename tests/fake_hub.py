@@ -130,6 +130,11 @@ def _handler(hub: FakeHub):
         def api(self, path: str, token: str | None):
             repo_type = "model" if path.startswith("/api/models/") else "dataset"
             rest = path.split("/", 3)[3]
+            if "/tree/" in rest:
+                repo_id, _, rest = rest.partition("/tree/")
+                revision, _, folder = rest.partition("/")
+                found, _ = self.find(repo_type, repo_id, token, revision, api=True)
+                return found and self.tree(found, folder)
             repo_id, _, revision = rest.partition("/revision/")
             found, _ = self.find(repo_type, repo_id, token, revision or "main", api=True)
             if found is None:
@@ -138,6 +143,21 @@ def _handler(hub: FakeHub):
             body = {"id": repo_id, "sha": sha, "private": repo.private, "gated": "manual" if repo.gated else False,
                     "siblings": [{"rfilename": name} for name in sorted(repo.commits[sha])]}
             self.send_bytes(json.dumps(body).encode(), {"Content-Type": "application/json"}, head=False)
+
+        def tree(self, found, folder: str):
+            """The files and folders under `folder` (recursive listings are not needed by the clients tested)."""
+            repo, sha = found
+            prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+            entries = {}
+            for name, data in repo.commits[sha].items():
+                if name.startswith(prefix):
+                    head, _, tail = name[len(prefix):].partition("/")
+                    entries[head] = ({"type": "directory", "path": prefix + head, "oid": "0" * 40} if tail else
+                                     {"type": "file", "path": name, "size": len(data),
+                                      "oid": hashlib.sha1(data).hexdigest()})
+            if prefix and not entries:
+                return self.error(404, "EntryNotFound", f"{folder} does not exist", {"X-Repo-Commit": sha})
+            self.send_bytes(json.dumps(list(entries.values())).encode(), {"Content-Type": "application/json"}, False)
 
         def resolve(self, path: str, token: str | None, head: bool):
             repo_type = "dataset" if path.startswith("/datasets/") else "model"

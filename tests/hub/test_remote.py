@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_hub import GOOD_TOKEN
 
 import lmforge
+from fake_hub import GOOD_TOKEN
 from lmforge.cli.main import main
 from lmforge.hub import remote
 

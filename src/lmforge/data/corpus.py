@@ -37,7 +37,7 @@ TEXT_DATASETS = {"tinyshakespeare": "input.txt"}  # named corpora (data/public.p
 @dataclass
 class SourceFile:
     path: Path
-    kind: str  # text, jsonl, or another format of data/records.py (parquet, csv, gzipped json, ...)
+    kind: str  # text, jsonl, or records (the other formats of data/records.py: parquet, csv, gzipped, ...)
     bytes: int = 0
     sha256: str = ""
 
@@ -57,7 +57,7 @@ class Corpus:
         self.stats = {"documents": 0, "chars": 0, "bytes": 0}
         for source in self.files:
             digest = hashlib.sha256()
-            reader = {"text": _read_text, "jsonl": _read_jsonl}.get(source.kind, _read_records)
+            reader = {"text": _read_text, "jsonl": _read_jsonl, "records": _read_records}[source.kind]
             for text, ends in reader(source.path, digest, self.errors, self.text_field, piece_chars):
                 self.stats["chars"] += len(text)
                 self.stats["documents"] += ends
@@ -89,7 +89,9 @@ def open_corpus(spec: str | os.PathLike, text_field: str = "text", errors: str =
             from lmforge.data.hub import resolve_dataset
 
             split = resolve_dataset(str(spec))
-            return Corpus(split.description, [SourceFile(p, record_format(p)) for p in split.files], text_field, errors)
+            sources = [SourceFile(p, "jsonl" if p.suffix.lower() in JSONL_SUFFIXES else "records")
+                       for p in split.files]
+            return Corpus(split.description, sources, text_field, errors)
         else:
             raise LmforgeError(f"the corpus {spec} does not exist and is not a named data set "
                                f"(known: {', '.join(TEXT_DATASETS)}) or a Hub data set id (owner/name); check the path")
@@ -111,7 +113,7 @@ def local_kind(path: Path) -> str:
     if path.suffix.lower() in JSONL_SUFFIXES:
         return "jsonl"
     fmt = record_format(path)
-    return fmt if fmt == "parquet" or (fmt and path.suffix.lower() == ".gz") else "text"
+    return "records" if fmt == "parquet" or (fmt and path.suffix.lower() == ".gz") else "text"
 
 
 def _decode_error(path: Path, offset: int, data: bytes, exc: UnicodeDecodeError) -> LmforgeError:

@@ -63,7 +63,7 @@ def resolve_dataset(spec: str, default_split: str = "train") -> HubSplit:
     if subset is None and split is not None and split not in splits_of(files, configs, None):
         if split in configs or any(f.startswith(split + "/") for f in files):
             subset, split = split, None
-    chosen = splits_of(files, configs, subset)
+    chosen = splits_of(files, configs, subset, f"the data set {repo.id}")
     split = split or (default_split if default_split in chosen else next(iter(chosen), default_split))
     split = {"val": "validation", "valid": "validation", "dev": "validation"}.get(split, split)
     if split not in chosen:
@@ -141,13 +141,13 @@ def card_configs(repo: remote.Repo, commit: str, files: list[str]) -> dict[str, 
     return configs
 
 
-def splits_of(files: list[str], configs: dict, subset: str | None) -> dict[str, list[str]]:
+def splits_of(files: list[str], configs: dict, subset: str | None, where: str = "the data set") -> dict[str, list[str]]:
     """split -> data files of a subset (a card config or a folder), inferred from the names without a card."""
     data = [f for f in files if record_format(Path(f)) is not None and not f.startswith(".")]
     if configs:
         name = subset if subset is not None else ("default" if "default" in configs else next(iter(configs)))
         if name not in configs:
-            raise LmforgeError(f"the data set has no subset {name!r}; its subsets: {', '.join(configs)}")
+            raise LmforgeError(f"{where} has no subset {name!r}; its subsets: {', '.join(configs)}")
         return {split: [f for f in data if any(_glob(f, p) for p in patterns)]
                 for split, patterns in configs[name].items()}
     if subset is not None:

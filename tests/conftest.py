@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_hub import FakeHub
+from fake_hub import FakeHub, shared_hub
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # No test reaches the real Hugging Face Hub or the user's caches: huggingface_hub (imported later by lmforge or
 # transformers) reads HF_ENDPOINT and HF_HOME once, at import, so they point at a loopback fake Hub and a
 # private folder from the start. Tests that use the Hub take the `fake_hub` fixture.
-FAKE_HUB = FakeHub()
+FAKE_HUB = shared_hub()
 _PRIVATE = tempfile.mkdtemp(prefix="lmforge-tests-")
 atexit.register(shutil.rmtree, _PRIVATE, ignore_errors=True)
 os.environ.update(HF_ENDPOINT=FAKE_HUB.url, HF_HOME=os.path.join(_PRIVATE, "hf"), HF_HUB_DISABLE_TELEMETRY="1",

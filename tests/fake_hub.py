@@ -80,6 +80,17 @@ class FakeHub:
         return [r for r in self.log if contains in r.path]
 
 
+_SHARED: FakeHub | None = None
+
+
+def shared_hub() -> FakeHub:
+    """The process-wide fake Hub that tests/conftest.py points HF_ENDPOINT at."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = FakeHub()
+    return _SHARED
+
+
 def _bytes(data) -> bytes:
     if isinstance(data, Path):
         return data.read_bytes()

@@ -135,7 +135,7 @@ def bart(folder: Path) -> Path:
     tok = bpe_files(folder, ("<s>", "<pad>", "</s>", "<unk>", "<mask>"))
     cfg = tf.BartConfig(vocab_size=tok.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48,
-                        max_position_embeddings=128, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                        max_position_embeddings=1024, bos_token_id=0, pad_token_id=1, eos_token_id=2,
                         decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
     torch.manual_seed(0)
     model = tf.BartForConditionalGeneration(cfg).eval()

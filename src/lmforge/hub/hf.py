@@ -187,6 +187,8 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
         tokenizer = Tokenizer.from_pretrained(folder)
     gen_path = folder / "generation_config.json"
     generation_config = read_json(gen_path) if gen_path.is_file() else {}
+    # transformers' bookkeeping (transformers_version, _from_model_config) is not a generation parameter
+    generation_config = {k: v for k, v in generation_config.items() if k != "transformers_version" and k[:1] != "_"}
     stored_name = {v: k for k, v in DTYPES.items()}.get(stored, str(stored))
     return Checkpoint(model, tokenizer, generation_config, folder, stored_name)
 

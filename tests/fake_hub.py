@@ -47,6 +47,7 @@ class FakeHub:
         self.log: list[Request] = []
         self.cuts: dict[str, int] = {}  # file path -> how many GETs to cut half way
         self.dead_after_cut: set[str] = set()  # files whose resumed requests are refused too
+        self.vanished: set[str] = set()  # files the listing shows but downloads answer 404 for
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -58,6 +59,7 @@ class FakeHub:
         self.log.clear()
         self.cuts.clear()
         self.dead_after_cut.clear()
+        self.vanished.clear()
 
     def add(self, repo_id: str, files: dict[str, bytes | str | Path], repo_type: str = "model", revision: str = "main",
             gated: bool = False, private: bool = False) -> str:
@@ -180,7 +182,7 @@ def _handler(hub: FakeHub):
                 return
             repo, sha = found
             data = repo.commits[sha].get(filename)
-            if data is None:
+            if data is None or filename in hub.vanished:
                 return self.error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": sha})
             headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
             if filename.endswith(LFS_SUFFIXES):

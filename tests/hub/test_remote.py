@@ -194,6 +194,17 @@ def test_repositories_that_lack_files(fake_hub, capsys, files, words):
         assert word in err
 
 
+def test_a_file_the_listing_shows_but_the_hub_does_not_serve(hub, capsys):
+    hub.vanished.add("tokenizer.json")
+    err = one_sentence_error(capsys, "info", "gpt2")
+    assert "the model gpt2 has no file tokenizer.json" in err
+
+
+def test_convert_a_hub_model_to_a_local_folder(hub, tmp_path, capsys):
+    assert run(capsys, "convert", "facebook/opt-125m", str(tmp_path / "opt-bf16"), "--dtype", "bfloat16")[0] == 0
+    assert lmforge.load(tmp_path / "opt-bf16", dtype=None).stored_dtype == "bfloat16"
+
+
 def test_unknown_repository_and_not_a_name(fake_hub, capsys, tmp_path):
     err = one_sentence_error(capsys, "generate", "nobody/nothing", "--prompt", "hi")
     assert "nobody/nothing is neither a local path nor a repository on" in err

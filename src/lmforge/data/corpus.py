@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from lmforge.data.hub import is_dataset_id
 from lmforge.data.public import named_file
-from lmforge.data.records import iter_records, record_format
+from lmforge.data.records import iter_records, parse_json_line, record_format
 from lmforge.errors import LmforgeError
 
 PIECE_CHARS = 1 << 20
@@ -172,11 +171,7 @@ def _read_jsonl(path: Path, digest, errors: str, text_field: str, piece_chars: i
             offset += len(line)
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise LmforgeError(f"{path}, line {number}, is not valid JSON ({exc.msg}); "
-                                   "give one JSON object per line") from None
+            record = parse_json_line(raw, f"{path}, line {number},")
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 keys = ", ".join(sorted(record)) if isinstance(record, dict) else "none"

@@ -66,14 +66,15 @@ def _json(path: Path, f) -> Iterator[tuple[str, dict]]:
             yield _object(record, f"{path} record {index + 1}")
         return
     for number, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LmforgeError(f"{path} line {number} is not valid JSON ({exc.msg}); write one JSON object per "
-                               "line") from None
-        yield _object(record, f"{path} line {number}")
+        if line.strip():
+            yield _object(parse_json_line(line, f"{path} line {number}"), f"{path} line {number}")
+
+
+def parse_json_line(line: str, where: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LmforgeError(f"{where} is not valid JSON ({exc.msg}); write one JSON object per line") from None
 
 
 def _object(record, where: str) -> tuple[str, dict]:

@@ -154,7 +154,9 @@ class Repo:
 
 def missing_files(repo: Repo, commit: str, need: str) -> list[str]:
     """What a cached snapshot lacks for `need` ('model' or 'tokenizer'); [] when it is complete."""
-    state = lambda f: repo.state(commit, f)  # noqa: E731
+    def state(filename: str) -> str:
+        return repo.state(commit, filename)
+
     missing = []
     if need == "model":
         if state("config.json") != "present":

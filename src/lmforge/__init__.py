@@ -7,7 +7,7 @@ from lmforge.hub.hf import Checkpoint, load_folder, save_folder
 
 
 def load(path, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
-    """Load a model folder (Hugging Face or lmforge). `model, tokenizer = lmforge.load(path)`."""
+    """Load a model folder (Hugging Face or lmforge) or a Hub name (`gpt2`). `model, tokenizer = lmforge.load(path)`."""
     return load_folder(path, dtype=dtype, device=device)
 
 

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from lmforge.cli.main import main
 from lmforge.data import corpus as corpus_mod
-from lmforge.data.corpus import NamedDataset, open_corpus
+from lmforge.data import public
+from lmforge.data.corpus import open_corpus
 from lmforge.data.prepare import prepare
+from lmforge.data.public import PublicFile
 from lmforge.data.tokens import TokenData, WindowSampler, token_dtype
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
@@ -145,19 +147,17 @@ def test_named_data_set_downloads_once_and_checks_sha256(tmp_path, monkeypatch, 
     monkeypatch.delenv("LMFORGE_DATA", raising=False)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    good = NamedDataset("tinyshakespeare", loopback_url, "input.txt", hashlib.sha256(TEXT.encode()).hexdigest())
-    monkeypatch.setitem(corpus_mod.DATASETS, "tinyshakespeare", good)
+    good = PublicFile(loopback_url, hashlib.sha256(TEXT.encode()).hexdigest())
+    monkeypatch.setitem(public.PUBLIC, "tinyshakespeare", {"input.txt": good})
     result = prepare("tinyshakespeare", tmp_path / "out")
     cached = tmp_path / "cache" / "data" / "tinyshakespeare" / "input.txt"
     assert cached.read_text() == TEXT and result.tokens["total"] == len(TEXT)
-    monkeypatch.setitem(corpus_mod.DATASETS, "tinyshakespeare",
-                        NamedDataset("tinyshakespeare", "http://127.0.0.1:9/gone", "input.txt", good.sha256))
+    monkeypatch.setitem(public.PUBLIC, "tinyshakespeare", {"input.txt": PublicFile("http://127.0.0.1:9/gone", good.sha256)})
     assert open_corpus("tinyshakespeare").files[0].path == cached  # served from the cache, no network
     cached.unlink()
-    with pytest.raises(LmforgeError, match="could not download tinyshakespeare from http://127.0.0.1:9/gone"):
+    with pytest.raises(LmforgeError, match="could not download tinyshakespeare/input.txt from http://127.0.0.1:9/gone"):
         open_corpus("tinyshakespeare")
-    monkeypatch.setitem(corpus_mod.DATASETS, "tinyshakespeare",
-                        NamedDataset("tinyshakespeare", loopback_url, "input.txt", "0" * 64))
+    monkeypatch.setitem(public.PUBLIC, "tinyshakespeare", {"input.txt": PublicFile(loopback_url, "0" * 64)})
     with pytest.raises(LmforgeError, match="has sha256 .* expected 0000"):
         open_corpus("tinyshakespeare")
     assert not cached.exists() and not list(cached.parent.glob(".*"))

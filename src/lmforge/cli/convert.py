@@ -10,7 +10,7 @@ from lmforge.hub.hf import DTYPES, load_folder, save_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="a Hugging Face or lmforge model folder (.safetensors, sharded, or .bin)")
+    p.add_argument("src", help="a Hugging Face or lmforge model folder (.safetensors, sharded, or .bin), or a Hub name")
     p.add_argument("dst", help="the folder to write (replaced atomically if it exists)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as stored)")
 

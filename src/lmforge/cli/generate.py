@@ -29,7 +29,8 @@ def parse_early_stopping(text: str) -> bool | str:
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="model folder (Hugging Face or lmforge)")
+    parser.add_argument("model", metavar="MODEL",
+                        help="model folder (Hugging Face or lmforge) or Hub name (gpt2, facebook/opt-125m@main)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 

@@ -1,4 +1,4 @@
-"""`lmforge info PATH`: what a checkpoint folder holds."""
+"""`lmforge info PATH|NAME`: what a checkpoint folder or Hub model holds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from lmforge.hub.hf import load_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="a Hugging Face or lmforge model folder")
+    p.add_argument("path", help="a Hugging Face or lmforge model folder, or a Hub name (gpt2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from lmforge.errors import LmforgeError
+from lmforge.hub import remote
 
 # verb -> (module under lmforge.cli, one-line help)
 VERBS = {
@@ -19,7 +20,8 @@ VERBS = {
     "decode-compare": ("decode_compare", "compare decoding strategies on the same prompts, with a report"),
     "evaluate": ("evaluate", "generate for a data set and score it with ROUGE, BLEU, chrF"),
     "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype)"),
-    "info": ("info", "describe a checkpoint folder: family, size, context, vocabulary, dtype"),
+    "info": ("info", "describe a checkpoint folder or Hub model: family, size, context, vocabulary, dtype"),
+    "download": ("download", "fetch a Hub model or data set into the cache ahead of time and print its path"),
     "demo": ("demo", "train a small GPT offline, compare decoding strategies, write a report"),
 }
 
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
+        hub = p.add_argument_group("Hub names")
+        hub.add_argument("--offline", action="store_true",
+                         help="read Hub models and data sets from the cache only (as HF_HUB_OFFLINE=1)")
+        hub.add_argument("--verbose", action="store_true",
+                         help="say where each name resolved to (a local path wins over a Hub name)")
     return parser
 
 
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmforge: '{args._missing}' is not available in this version yet.", file=sys.stderr)
         return 2
     try:
-        return int(args._run(args) or 0)
+        with remote.options(offline=args.offline, verbose=args.verbose):
+            return int(args._run(args) or 0)
     except LmforgeError as exc:
         print(f"lmforge {args.verb}: error: {exc}", file=sys.stderr)
         return 2

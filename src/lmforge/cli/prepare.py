@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.data.corpus import DATASETS, ERRORS
+from lmforge.data.corpus import ERRORS, TEXT_DATASETS
 from lmforge.data.prepare import prepare
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help=f"a text file, a folder of them, a .jsonl file, or a named data set "
-                                   f"({', '.join(DATASETS)}: $LMFORGE_DATA, else downloaded once)")
+    p.add_argument("source", help=f"a text file, a folder of them, a .jsonl or .parquet file, a named data set "
+                                   f"({', '.join(TEXT_DATASETS)}: $LMFORGE_DATA, else downloaded once), or a Hub "
+                                   "data set id (owner/name[:subset/split])")
     p.add_argument("--out", help="the folder to write (default: data/<source name>-<tokenizer>)")
     p.add_argument("--tokenizer", default="char",
                    help="char or bpe (trained on the corpus), or a tokenizer.json / tokenizer or model folder "

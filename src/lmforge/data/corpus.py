@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.data.hub import is_dataset_id
+from lmforge.data.public import named_file
+from lmforge.data.records import iter_records, parse_json_line, record_format
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import atomic_path
 
 PIECE_CHARS = 1 << 20
 READ_BYTES = 1 << 20
@@ -31,29 +30,13 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _SAFE_SPLIT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
-@dataclass(frozen=True)
-class NamedDataset:
-    """A public corpus known by name: its files under `$LMFORGE_DATA/<name>/`, or downloaded once."""
-
-    name: str
-    url: str
-    filename: str
-    sha256: str
-
-
-DATASETS = {
-    "tinyshakespeare": NamedDataset(
-        "tinyshakespeare",
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
-}
+TEXT_DATASETS = {"tinyshakespeare": "input.txt"}  # named corpora (data/public.py knows their sources)
 
 
 @dataclass
 class SourceFile:
     path: Path
-    jsonl: bool
+    kind: str  # text, jsonl, or records (the other formats of data/records.py: parquet, csv, gzipped, ...)
     bytes: int = 0
     sha256: str = ""
 
@@ -73,7 +56,7 @@ class Corpus:
         self.stats = {"documents": 0, "chars": 0, "bytes": 0}
         for source in self.files:
             digest = hashlib.sha256()
-            reader = _read_jsonl if source.jsonl else _read_text
+            reader = {"text": _read_text, "jsonl": _read_jsonl, "records": _read_records}[source.kind]
             for text, ends in reader(source.path, digest, self.errors, self.text_field, piece_chars):
                 self.stats["chars"] += len(text)
                 self.stats["documents"] += ends
@@ -93,16 +76,24 @@ class Corpus:
 
 
 def open_corpus(spec: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> Corpus:
-    """A text file, a folder of them (recursively, hidden files skipped), a .jsonl file, or a named data set."""
+    """A text file, a folder of them (recursively, hidden files skipped), a .jsonl or .parquet file, a named
+    data set, or a Hub data set id (owner/name[:subset/split], read from the files the repository publishes)."""
     if errors not in ERRORS:
         raise LmforgeError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
     path = Path(spec)
     if not path.exists():
-        if str(spec) in DATASETS:
-            path = resolve_named(str(spec))
+        if str(spec) in TEXT_DATASETS:
+            path = named_file(str(spec), TEXT_DATASETS[str(spec)])
+        elif is_dataset_id(str(spec)):
+            from lmforge.data.hub import resolve_dataset
+
+            split = resolve_dataset(str(spec))
+            sources = [SourceFile(p, "jsonl" if p.suffix.lower() in JSONL_SUFFIXES else "records")
+                       for p in split.files]
+            return Corpus(split.description, sources, text_field, errors)
         else:
             raise LmforgeError(f"the corpus {spec} does not exist and is not a named data set "
-                               f"(known: {', '.join(DATASETS)}); check the path")
+                               f"(known: {', '.join(TEXT_DATASETS)}) or a Hub data set id (owner/name); check the path")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*")
                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
@@ -110,10 +101,18 @@ def open_corpus(spec: str | os.PathLike, text_field: str = "text", errors: str =
         files = [path]
     if not files:
         raise LmforgeError(f"the corpus folder {path} holds no files; put text or .jsonl files in it")
-    sources = [SourceFile(p, p.suffix.lower() in JSONL_SUFFIXES) for p in files]
+    sources = [SourceFile(p, local_kind(p)) for p in files]
     if all(s.path.stat().st_size == 0 for s in sources):
         raise LmforgeError(f"the corpus {spec} is empty; give it some text")
     return Corpus(str(spec), sources, text_field, errors)
+
+
+def local_kind(path: Path) -> str:
+    """A local file is text unless its suffix says JSON Lines, Parquet, or gzipped records."""
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return "jsonl"
+    fmt = record_format(path)
+    return "records" if fmt == "parquet" or (fmt and path.suffix.lower() == ".gz") else "text"
 
 
 def _decode_error(path: Path, offset: int, data: bytes, exc: UnicodeDecodeError) -> LmforgeError:
@@ -172,11 +171,7 @@ def _read_jsonl(path: Path, digest, errors: str, text_field: str, piece_chars: i
             offset += len(line)
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise LmforgeError(f"{path}, line {number}, is not valid JSON ({exc.msg}); "
-                                   "give one JSON object per line") from None
+            record = parse_json_line(raw, f"{path}, line {number},")
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 keys = ", ".join(sorted(record)) if isinstance(record, dict) else "none"
@@ -185,40 +180,14 @@ def _read_jsonl(path: Path, digest, errors: str, text_field: str, piece_chars: i
             yield text, True
 
 
-# --- named data sets ------------------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "data"
-
-
-def resolve_named(name: str) -> Path:
-    """The local file of a named data set: `$LMFORGE_DATA/<name>/<file>`, the cache, or a download to the cache."""
-    ds = DATASETS[name]
-    data_root = os.environ.get("LMFORGE_DATA")
-    if data_root and (Path(data_root) / name / ds.filename).is_file():
-        return Path(data_root) / name / ds.filename
-    cached = cache_dir() / name / ds.filename
-    if cached.is_file():
-        return cached
-    download(ds.url, cached, ds.sha256, what=name)
-    return cached
-
-
-def download(url: str, dest: Path, sha256: str | None = None, what: str = "the file", timeout: float = 60) -> Path:
-    """Fetch `url` to `dest` atomically, checking its sha256 when given."""
-    digest = hashlib.sha256()
-    try:
-        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=timeout) as response, \
-                open(tmp, "wb") as out:
-            while chunk := response.read(READ_BYTES):
-                digest.update(chunk)
-                out.write(chunk)
-            out.close()
-            if sha256 and digest.hexdigest() != sha256:
-                raise LmforgeError(f"the download of {what} from {url} has sha256 {digest.hexdigest()}, "
-                                   f"expected {sha256}; the file changed or was corrupted, so it was not kept")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise LmforgeError(f"could not download {what} from {url} ({reason}); when offline, set LMFORGE_DATA "
-                           f"to a folder that holds {what}/{dest.name}") from None
-    return dest
+def _read_records(path: Path, digest, errors: str, text_field: str, piece_chars: int) -> Iterator[tuple[str, bool]]:
+    """One document per record of a Parquet, CSV or gzipped file: the string in `text_field`."""
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_BYTES):
+            digest.update(chunk)
+    for where, record in iter_records(path, columns=[text_field]):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise LmforgeError(f"{where} has no string field {text_field!r} (its fields: {', '.join(sorted(record))}); "
+                               "name the text field with --text-field (data.text_field in a training config)")
+        yield text, True

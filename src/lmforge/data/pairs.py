@@ -2,8 +2,10 @@
 
 Where pairs come from (a *data spec*):
 
-    samsum, samsum:validation     a named data set under $LMFORGE_DATA (see NAMED)
-    pairs.jsonl | .csv | .tsv     one record per line/row; the source and target fields are configurable
+    samsum, samsum:validation     a named data set: under $LMFORGE_DATA, else fetched from its public source
+    owner/name[:subset/split]     a Hub data set (knkarthick/samsum:validation), read from its published files
+    pairs.jsonl | .csv | .tsv     one record per line/row (also .json, .parquet, gzipped); the source and target
+                                  fields are configurable
     train.en,train.de             two parallel text files, line i of one aligned with line i of the other
 
 Each example keeps all its fields, so a prompt template such as "summarize: {dialogue}" can use any
@@ -20,9 +22,7 @@ so padding stays small.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import random
 import string
 from dataclasses import dataclass, field
@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from lmforge.data.hub import is_dataset_id
+from lmforge.data.public import named_file
+from lmforge.data.records import iter_records, record_format
 from lmforge.errors import LmforgeError
 
 TOO_LONG = ("truncate", "drop", "error")
@@ -38,7 +41,8 @@ SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"
 
 @dataclass(frozen=True)
 class NamedPairs:
-    """A public pair data set: its files per split under `$LMFORGE_DATA/<name>/`, and its default fields."""
+    """A public pair data set: its files per split (under `$LMFORGE_DATA/<name>/`, else from data/public.py's
+    sources), and its default fields."""
 
     name: str
     splits: dict  # split -> file name, or (source file, target file) for parallel text
@@ -52,7 +56,9 @@ NAMED = {
     "samsum": NamedPairs("samsum", {"train": "train.jsonl", "validation": "validation.jsonl",
                                     "test": "test.jsonl"}, "dialogue", "summary", id_field="id"),
     "multi30k": NamedPairs("multi30k", {"train": ("train.en", "train.de"), "validation": ("val.en", "val.de"),
-                                        "test": ("test2016.en", "test2016.de")}, "en", "de"),
+                                        "test": ("test2016.en", "test2016.de"),
+                                        **{f"test{year}": (f"test{year}.en", f"test{year}.de")
+                                           for year in (2016, 2017, 2018)}}, "en", "de"),
 }
 
 
@@ -120,14 +126,6 @@ def check_template(template: str, fields: dict, where: str) -> None:
 # ---- reading ------------------------------------------------------------------------------------
 
 
-def data_root() -> Path:
-    root = os.environ.get("LMFORGE_DATA")
-    if not root:
-        raise LmforgeError("named data sets are read from $LMFORGE_DATA; set it to the folder of public data sets "
-                           "(e.g. export LMFORGE_DATA=../shared/data)")
-    return Path(root)
-
-
 def split_spec(spec: str, default_split: str) -> tuple[NamedPairs | None, str]:
     """(the named data set, its split) for "samsum" or "samsum:validation"; (None, spec) for a path."""
     name, _, split = spec.partition(":")
@@ -144,17 +142,23 @@ def load_pairs(spec: str, split: str = "train", source_field: str | None = None,
     """Read the pairs of a data spec (see the module docstring). `split` applies to a named data set given
     without one. Fields default to the data set's own (SAMSum: dialogue/summary), else "source"/"target"."""
     named, split = split_spec(spec, split)
+    id_field = named.id_field if named else None
     if named is not None:
         files = named.splits[split]
-        root = data_root() / named.name
-        paths = [root / f for f in ((files,) if isinstance(files, str) else files)]
+        paths = [named_file(named.name, f) for f in ((files,) if isinstance(files, str) else files)]
         for path in paths:
             if not path.is_file():
-                held_back = " (test splits are held back; evaluate on validation)" if split == "test" else ""
+                held_back = " (test splits are held back; evaluate on validation)" if split.startswith("test") else ""
                 raise LmforgeError(f"{path} does not exist{held_back}; check that $LMFORGE_DATA holds "
                                    f"{named.name}/ with its files")
         source_field, target_field = source_field or named.source_field, target_field or named.target_field
         description = f"{named.name}:{split}"
+    elif not Path(spec).exists() and "," not in spec and is_dataset_id(spec):
+        from lmforge.data.hub import resolve_dataset
+
+        hub = resolve_dataset(spec, split)
+        examples = [e for path in hub.files for e in read_records(path)]
+        return finish(hub.description, examples, source_field or "source", target_field or "target")
     else:
         paths = [Path(p) for p in spec.split(",")]
         description = spec
@@ -163,48 +167,29 @@ def load_pairs(spec: str, split: str = "train", source_field: str | None = None,
         source_field = source_field or "source"
         target_field = target_field or "target"
     elif len(paths) == 1:
-        examples = read_records(paths[0], id_field=named.id_field if named else None)
+        examples = read_records(paths[0], id_field=id_field)
         source_field, target_field = source_field or "source", target_field or "target"
     else:
-        raise LmforgeError(f"cannot read {spec!r}: give a named data set ({', '.join(NAMED)}), one .jsonl/.csv/.tsv "
-                           "file, or two parallel text files separated by a comma")
+        raise LmforgeError(f"cannot read {spec!r}: give a named data set ({', '.join(NAMED)}), a Hub data set id "
+                           "(owner/name), one .jsonl/.csv/.tsv/.parquet file, or two parallel text files separated by "
+                           "a comma")
     return finish(description, examples, source_field, target_field)
 
 
 def read_records(path: Path, id_field: str | None = None) -> list[Example]:
-    """JSON Lines, CSV or TSV records (by suffix); every value becomes a string field."""
+    """The records of a JSON Lines, JSON, CSV, TSV or Parquet file (gzipped or not; by suffix); every value
+    becomes a string field."""
     if not path.is_file():
         raise LmforgeError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    rows: list[tuple[int, dict]] = []
-    with _open_text(path) as f:
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LmforgeError(f"{path} line {number} is not valid JSON ({exc.msg}); write one JSON object "
-                                       "per line") from None
-                if not isinstance(record, dict):
-                    raise LmforgeError(f"{path} line {number} holds a {type(record).__name__}, not a JSON object "
-                                       "with source and target fields")
-                rows.append((number, record))
-        elif suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            if not reader.fieldnames:
-                raise LmforgeError(f"{path} is empty; its first row must name the columns")
-            rows = [(reader.line_num, row) for row in reader]
-        else:
-            raise LmforgeError(f"cannot tell the format of {path} from its suffix; use .jsonl, .csv or .tsv (or two "
-                               "parallel text files separated by a comma)")
+    if record_format(path) is None:
+        raise LmforgeError(f"cannot tell the format of {path} from its suffix; use .jsonl, .json, .csv, .tsv or "
+                           ".parquet (optionally .gz), or two parallel text files separated by a comma")
     examples = []
-    for index, (number, record) in enumerate(rows):
+    for index, (where, record) in enumerate(iter_records(path)):
         fields = {str(k): "" if v is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
                   for k, v in record.items() if k is not None}
         example_id = fields.get(id_field or "id") or str(index)
-        examples.append(Example(example_id, {k: _clean(v) for k, v in fields.items()} | {"_where": f"{path} line {number}"}))
+        examples.append(Example(example_id, {k: _clean(v) for k, v in fields.items()} | {"_where": where}))
     return examples
 
 

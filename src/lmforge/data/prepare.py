@@ -21,6 +21,7 @@ from lmforge.data.corpus import Corpus, open_corpus
 from lmforge.data.tokens import MANIFEST, token_dtype
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
+from lmforge.hub.remote import is_repo_id
 
 BATCH_CHARS = 4 << 20
 FORMAT = "lmforge-tokens/1"
@@ -49,9 +50,10 @@ def load_tokenizer(spec, corpus: Corpus, vocab_size: int):
     path = Path(spec)
     if path.is_file() and path.suffix == ".json":
         return Tokenizer.from_file(path), str(path)
-    if path.is_dir():
-        return Tokenizer.from_pretrained(path), str(path)
-    raise LmforgeError(f"tokenizer {spec!r} is neither 'char', 'bpe' nor an existing tokenizer.json or folder")
+    if path.is_dir() or (not path.exists() and is_repo_id(str(spec))):
+        return Tokenizer.from_pretrained(spec), str(spec)
+    raise LmforgeError(f"tokenizer {spec!r} is neither 'char', 'bpe', an existing tokenizer.json or folder, nor a "
+                       "Hub model name")
 
 
 def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, tokenizer="char", vocab_size: int = 8192,

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
 from lmforge.hub.families import FAMILIES, WeightMap
+from lmforge.hub.remote import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -158,10 +159,11 @@ def export_weights(model: torch.nn.Module, maps: list[WeightMap]) -> dict[str, t
 
 
 def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
-    """Load a Hugging Face or lmforge model folder. `dtype=None` keeps the stored dtype."""
+    """Load a Hugging Face or lmforge model folder, or a Hub name (`gpt2`, `facebook/opt-125m@main`) from the
+    Hugging Face cache, downloaded when needed (hub/remote.py). `dtype=None` keeps the stored dtype."""
     from lmforge.tokenizer import Tokenizer
 
-    folder = Path(folder)
+    folder = resolve_model(folder)
     hf = read_config(folder)
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
@@ -185,6 +187,8 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
         tokenizer = Tokenizer.from_pretrained(folder)
     gen_path = folder / "generation_config.json"
     generation_config = read_json(gen_path) if gen_path.is_file() else {}
+    # transformers' bookkeeping (transformers_version, _from_model_config) is not a generation parameter
+    generation_config = {k: v for k, v in generation_config.items() if k != "transformers_version" and k[:1] != "_"}
     stored_name = {v: k for k, v in DTYPES.items()}.get(stored, str(stored))
     return Checkpoint(model, tokenizer, generation_config, folder, stored_name)
 

@@ -35,7 +35,8 @@ class LoopConfig:
 
     out_dir: str = field(default="runs/train", metadata={"help": "the run folder"})
     init_from: str = field(default="scratch", metadata={
-        "help": "scratch, or a Hugging Face/lmforge model folder to fine-tune (resume a run with --resume)"})
+        "help": "scratch, or a Hugging Face/lmforge model folder or Hub model name to fine-tune (resume a run "
+                "with --resume)"})
     max_iters: int | None = field(default=2000, metadata={
         "help": "optimizer steps; null: train for max_minutes, with the schedule planned on the time"})
     max_minutes: float | None = field(default=None, metadata={

@@ -38,8 +38,8 @@ DATA = "data"
 @dataclass
 class DataConfig:
     source: str = field(default="tinyshakespeare", metadata={
-        "help": "a named data set (tinyshakespeare), a text file, a folder of them, a .jsonl file, "
-                "or a folder made by `lmforge prepare`"})
+        "help": "a named data set (tinyshakespeare), a Hub data set id (Abirate/english_quotes), a text file, a "
+                "folder of them, a .jsonl file, or a folder made by `lmforge prepare`"})
     tokenizer: str = field(default="auto", metadata={
         "help": "char, bpe (trained on the corpus), or a tokenizer/model folder; auto: the fine-tuned "
                 "model's tokenizer, else char"})

@@ -42,8 +42,8 @@ COPY_LENGTHS = (8, 32)  # tokens of a copy window, drawn uniformly
 @dataclass
 class PairDataConfig:
     train: str = field(default="samsum:train", metadata={
-        "help": "training pairs: a named data set (samsum, multi30k, optionally :split), a .jsonl/.csv/.tsv file, "
-                "or two parallel text files joined by a comma"})
+        "help": "training pairs: a named data set (samsum, multi30k, optionally :split), a Hub data set id "
+                "(knkarthick/samsum:train), a .jsonl/.csv/.tsv file, or two parallel text files joined by a comma"})
     val: str = field(default="samsum:validation", metadata={"help": "validation pairs, as train"})
     source_field: str | None = field(default=None, metadata={
         "help": "the source field; null: the data set's own (samsum: dialogue, multi30k: en), else 'source'"})

@@ -133,4 +133,4 @@ def test_owned_rows_are_settled_before_a_batch_change(model):
                 compiled.reorder(torch.tensor(index))
             tokens = torch.randint(3, 90, (eager.batch_size,), generator=g)
             torch.testing.assert_close(compiled.step(tokens), eager.step(tokens), rtol=0, atol=1e-5)
-        assert compiled.owner is not None  # the last reorder kept the batch size
+        assert compiled.steps.owner is not None  # the last reorder kept the batch size

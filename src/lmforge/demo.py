@@ -22,9 +22,9 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.data.stdlib_corpus import build_stdlib_corpus
 from lmforge.data.tokens import TokenData
+from lmforge.evaluate.decoding_lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.evaluate.novelty import NGramIndex
 from lmforge.generate.api import generate
-from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.hub.hf import load_folder
 from lmforge.models.decoder import DecoderLM
 from lmforge.train import load_config, train

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
-from lmforge.hub.families import FAMILIES, WeightMap
+from lmforge.hub.families import FAMILIES
+from lmforge.hub.family import WeightMap
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -166,10 +166,8 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
     hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
-    module_name, class_name = family.model_class.rsplit(".", 1)
-    model_class = getattr(importlib.import_module(module_name), class_name)
     with torch.device("meta"):
-        model = model_class(config)
+        model = family.model_class(config)
     maps = family.weight_map(config)
     state = import_weights(hf_state, maps, model, family.optional_prefix, str(folder))
     stored = next(iter(state.values())).dtype

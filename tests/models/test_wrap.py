@@ -27,6 +27,20 @@ class Scaled(nn.Module):
         return self.base(x) * self.factor
 
 
+class Adapter(nn.Module):
+    """A LoRA-like wrapper: the base layer plus a low-rank path of its own linear layers."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.down = nn.Linear(base.in_features, 2, bias=False)
+        self.up = nn.Linear(2, base.out_features, bias=False)
+        nn.init.normal_(self.up.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
 def tiny_llama() -> DecoderLM:
     torch.manual_seed(0)
     return DecoderLM(ModelConfig.for_family("llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16,
@@ -115,19 +129,21 @@ def test_a_view_shares_parameters_and_leaves_the_model_untouched(build):
 def test_a_view_wraps_inside_in_place_wrappers():
     model = tiny_llama()
     reference = logits(model)
-    wrap_linears(model, ["mlp.proj"], lambda name, layer: Scaled(layer, 2.0))
-    inner = model.blocks[0].mlp.proj.base
+    wrap_linears(model, ["mlp.proj"], lambda name, layer: Adapter(layer))
+    assert [name for name, _ in linear_layers(model)][3] == "blocks.0.mlp.proj"  # an adapter's own layers are not listed
+    adapter = model.blocks[0].mlp.proj
+    before = model_snapshot(model)
     chosen = []
     view = wrapped_view(model, lambda name, linear: chosen.append(type(linear)) or True,
                         lambda name, linear: Scaled(linear, 1.0))
     assert set(chosen) == {nn.Linear}  # the predicate sees the innermost layer
-    assert model.blocks[0].mlp.proj.base is inner  # the model's wrapper still holds its layer
+    assert model_snapshot(model) == before
     outer = view.blocks[0].mlp.proj
-    assert isinstance(outer, Scaled) and outer is not model.blocks[0].mlp.proj
-    assert outer.factor is model.blocks[0].mlp.proj.factor
-    assert isinstance(outer.base, Scaled) and outer.base.base is inner
+    assert isinstance(outer, Adapter) and outer is not adapter
+    assert outer.down is not adapter.down and outer.down.weight is adapter.down.weight
+    assert isinstance(outer.base, Scaled) and outer.base.base is adapter.base
     wrapped = logits(model)
     assert not torch.equal(wrapped, reference)
-    torch.testing.assert_close(logits(view), wrapped, rtol=0, atol=0)  # the in-place wrapper runs in the view too
+    torch.testing.assert_close(logits(view), wrapped, rtol=0, atol=0)  # the adapter runs in the view too
     unwrap_linears(model)
     torch.testing.assert_close(logits(model), reference, rtol=0, atol=0)

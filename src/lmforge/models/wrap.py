@@ -114,24 +114,25 @@ def wrapped_view(model: nn.Module, targets: Targets, factory: Factory) -> nn.Mod
     state_dict) is not changed."""
     if callable(targets) and not isinstance(targets, re.Pattern):
         predicate = targets
-        targets = lambda name, layer: predicate(name, innermost(layer))  # noqa: E731
+
+        def targets(name: str, layer: nn.Module) -> bool:
+            return predicate(name, innermost(layer))
+
     return _copy_tree(model, "", set(select_linears(model, targets)), factory)
 
 
 def _copy_tree(module: nn.Module, path: str, chosen: set[str], factory: Factory) -> nn.Module:
-    if path in chosen:
-        return _wrap_innermost(module, path, factory)
-    new = _shallow_copy(module)
-    for name, child in module.named_children():
-        new._modules[name] = _copy_tree(child, f"{path}.{name}" if path else name, chosen, factory)
-    return new
-
-
-def _wrap_innermost(module: nn.Module, path: str, factory: Factory) -> nn.Module:
-    if not is_wrapper(module):
+    """`module` (at `path`) copied, with the chosen layers in it wrapped; a chosen wrapper is copied and the
+    layer under it, its `base`, wrapped in turn."""
+    if path in chosen and not is_wrapper(module):
         return factory(path, module)
     new = _shallow_copy(module)
-    new.base = _wrap_innermost(module.base, path, factory)
+    for name, child in module.named_children():
+        if path in chosen:
+            child_path = path if name == "base" else f"{path}.{name}"
+        else:
+            child_path = f"{path}.{name}" if path else name
+        new._modules[name] = _copy_tree(child, child_path, chosen, factory)
     return new
 
 

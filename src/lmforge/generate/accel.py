@@ -11,7 +11,8 @@ wrappers, and passes `decoding_attention` to its cache; closing the session drop
   layout at only 5-10 GB/s for 4 to 32 rows; a copy packed by MKL for that row count runs 1.5-2x faster
   (bench/README.md, Generation).
 - **Inside a compiled step** (`StepLinear`): the packed product as an opaque operator, and one-row
-  products with small weights as `mv`, which inductor fuses with the operations around it.
+  products with small weights as `mv`, which inductor fuses with the operations around it. The compiled
+  step itself is generate/compiled.py.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def mkl_packing_available() -> bool:
         return torch.backends.mkl.is_available() and torch.ops.mkl._mkl_linear is not None
     except (AttributeError, RuntimeError):
         return False
+
+
+_LIBRARY = torch.library.Library("lmforge", "DEF")
+_LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor weight, Tensor? bias, int rows) -> Tensor")
+# MKL's product itself is the kernel: an opaque operator, so that a compiled graph calls it as is. Registered
+# with torch.library's plain API rather than torch.library.custom_op, whose Python wrapper costs ~10 us a call
+# (25 calls a step).
+if mkl_packing_available():  # else nothing is packed, and the operator is never called
+    _LIBRARY.impl("packed_linear", torch.ops.mkl._mkl_linear.default, "CompositeExplicitAutograd")
+packed_linear = torch.ops.lmforge.packed_linear
+
+
+@torch.library.register_fake("lmforge::packed_linear")
+def _(x, packed, weight, bias, rows):
+    return x.new_empty(rows, weight.shape[0])
 
 
 def _on_cpu(linear: nn.Linear) -> bool:
@@ -127,21 +143,6 @@ class StepLinear(PackedLinear):
             y = torch.mv(base.weight, v) if base.bias is None else torch.addmv(base.bias, base.weight, v)
             return y.view(*x.shape[:-1], base.out_features)
         return base(x)
-
-
-_LIBRARY = torch.library.Library("lmforge", "DEF")
-_LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor weight, Tensor? bias, int rows) -> Tensor")
-# MKL's product itself is the kernel: an opaque operator, so that a compiled graph calls it as is. Registered
-# with torch.library's plain API rather than torch.library.custom_op, whose Python wrapper costs ~10 us a call
-# (25 calls a step).
-if mkl_packing_available():  # else nothing is packed, and the operator is never called
-    _LIBRARY.impl("packed_linear", torch.ops.mkl._mkl_linear.default, "CompositeExplicitAutograd")
-packed_linear = torch.ops.lmforge.packed_linear
-
-
-@torch.library.register_fake("lmforge::packed_linear")
-def _(x, packed, weight, bias, rows):
-    return x.new_empty(rows, weight.shape[0])
 
 
 def decoding_view(model: nn.Module, compiled: bool) -> nn.Module | None:

@@ -88,7 +88,7 @@ class _Accelerated:
 
     def _step_model(self, rows: int) -> torch.nn.Module:
         """The module a step of `rows` rows runs: the session's view where it is faster, else the model."""
-        if rows < PACK_MIN_ROWS and not self.compiled:  # the view holds nothing faster (in a compiled step, mv)
+        if rows < PACK_MIN_ROWS and not self.compiled:  # nothing to pack; a compiled step still fuses one-row products
             return self.model
         if not self._view_made:
             self._view, self._view_made = decoding_view(self.model, self.compiled), True

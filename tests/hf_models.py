@@ -1,10 +1,13 @@
-"""Tiny random Hugging Face models built locally from configs (no download), shared by the parity tests."""
+"""Tiny random Hugging Face models built locally from configs (no download), shared by the parity, generation and
+evaluation tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from lmforge.tokenizer import Tokenizer
 
 VOCAB = 97
 
@@ -125,3 +128,24 @@ def seq2seq_batch(seed: int = 0, batch: int = 3, source: int = 11, target: int =
         mask[row, source - 3 * row:] = 0
         dec_mask[row, target - 2 * row:] = 0
     return ids, mask, dec, dec_mask
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Café crème, naïve façade, déjà vu — "
+        "le cœur a ses raisons. 日本語のテキスト。 ") * 20
+
+
+def save_tiny_with_tokenizer(folder: Path, seed: int = 0, n_positions: int = 64):
+    """A random transformers GPT-2 over a 300-token byte-level BPE; EOS = BOS = <|endoftext|>."""
+    import transformers as tf
+
+    tok = Tokenizer.train_bpe([TEXT], vocab_size=300, min_frequency=1)
+    eos = tok.eos_token_id
+    cfg = tf.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size,
+                        bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    model = tf.GPT2LMHeadModel(cfg).float().eval()
+    with torch.no_grad():  # a sharper distribution than the near-uniform random init
+        model.lm_head.weight.mul_(8)
+    model.save_pretrained(folder)
+    tok.save(folder)
+    return model, tok

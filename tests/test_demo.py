@@ -4,7 +4,7 @@ import json
 
 from lmforge.cli.main import main
 from lmforge.demo import STRATEGIES, run_demo
-from lmforge.generate.lab import Strategy
+from lmforge.evaluate.decoding_lab import Strategy
 
 
 def test_demo_writes_a_complete_report(tmp_path):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from lmforge.data.stdlib_corpus import build_stdlib_corpus
 from lmforge.data.tokens import TokenData
+from lmforge.evaluate.decoding_lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.evaluate.novelty import NGramIndex
 from lmforge.generate.api import generate
-from lmforge.generate.lab import LabResults, ReportSection, compare_strategies, train_ngram_share, write_report
 from lmforge.hub.hf import load_folder
 from lmforge.train import TrainConfig, train
 from lmforge.train.report import METRICS, PLOT, RunFiles, format_duration

@@ -125,16 +125,12 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> Tokenizer:
-        """Load a Hugging Face tokenizer folder: tokenizer.json, else vocab.json + merges.txt. A Hub name
-        (`gpt2`) is resolved in the Hugging Face cache, its tokenizer files downloaded when needed.
+        """Load a Hugging Face tokenizer folder: tokenizer.json, else vocab.json + merges.txt (a Hub name goes
+        through `lmforge.hub.hf.load_tokenizer`).
 
         tokenizer_config.json and special_tokens_map.json, when present, name the special tokens.
         """
-        from lmforge.hub.remote import resolve_model
-
         folder = Path(folder)
-        if not folder.is_dir():
-            folder = resolve_model(folder, need="tokenizer")
         if not folder.is_dir():
             raise LmforgeError(f"tokenizer folder {folder} does not exist; pass a folder that holds "
                                "tokenizer.json (or vocab.json and merges.txt)")

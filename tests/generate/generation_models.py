@@ -1,33 +1,9 @@
-"""Helpers for the generation tests: a tiny random GPT-2 with a real byte-level BPE tokenizer, and a
-fake decoding session whose logits and hidden states are given tables (no model at all)."""
+"""Helpers for the generation tests: a fake decoding session whose logits and hidden states are given tables
+(no model at all), and an output head that scripts greedy decoding."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-
-from lmforge.tokenizer import Tokenizer
-
-TEXT = ("The quick brown fox jumps over the lazy dog. Café crème, naïve façade, déjà vu — "
-        "le cœur a ses raisons. 日本語のテキスト。 ") * 20
-
-
-def save_tiny_with_tokenizer(folder: Path, seed: int = 0, n_positions: int = 64):
-    """A random transformers GPT-2 over a 300-token byte-level BPE; EOS = BOS = <|endoftext|>."""
-    import transformers as tf
-
-    tok = Tokenizer.train_bpe([TEXT], vocab_size=300, min_frequency=1)
-    eos = tok.eos_token_id
-    cfg = tf.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=tok.vocab_size,
-                        bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(seed)
-    model = tf.GPT2LMHeadModel(cfg).float().eval()
-    with torch.no_grad():  # a sharper distribution than the near-uniform random init
-        model.lm_head.weight.mul_(8)
-    model.save_pretrained(folder)
-    tok.save(folder)
-    return model, tok
 
 
 class TableSession:

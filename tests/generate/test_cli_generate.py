@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from generation_models import save_tiny_with_tokenizer
 
+from hf_models import save_tiny_with_tokenizer
 from lmforge.cli.main import main
 
 

@@ -96,6 +96,23 @@ def test_one_compilation_serves_every_step_of_a_generation(model):
     assert first.output.sequences.tolist() == eager.output.sequences[:, :9].tolist()
 
 
+def test_sessions_views_and_other_models_of_the_same_structure_compile_nothing_new(model, tmp_path):
+    """Every compiled session runs its own view of the model (new module objects); the graph compiled for the
+    first one serves the next, and another model of the same structure, beam reorders included."""
+    from torch._dynamo.utils import counters
+
+    save_tiny(model.config.family, tmp_path, seed=7)
+    other = lmforge.load(tmp_path).model
+    ids = left_padded_batch(seed=8, batch=2, length=5)[0]
+    generate(model, ids, max_new_tokens=5, ignore_eos=True, num_beams=4, compile=True)
+    before = counters["stats"]["unique_graphs"]
+    for m in (model, other):
+        compiled = generate(m, ids, max_new_tokens=5, ignore_eos=True, num_beams=4, compile=True)
+        eager = generate(m, ids, max_new_tokens=5, ignore_eos=True, num_beams=4)
+        assert compiled.output.sequences.tolist() == eager.output.sequences.tolist()
+    assert counters["stats"]["unique_graphs"] == before
+
+
 def test_guards_are_checked_again_for_another_model_and_batch(tmp_path):
     """Steps after the first two skip dynamo's guards; a new generation (another model of the same shapes,
     then another batch size) is checked again and decodes with its own weights."""
@@ -133,4 +150,4 @@ def test_owned_rows_are_settled_before_a_batch_change(model):
                 compiled.reorder(torch.tensor(index))
             tokens = torch.randint(3, 90, (eager.batch_size,), generator=g)
             torch.testing.assert_close(compiled.step(tokens), eager.step(tokens), rtol=0, atol=1e-5)
-        assert compiled.owner is not None  # the last reorder kept the batch size
+        assert compiled.steps.owner is not None  # the last reorder kept the batch size

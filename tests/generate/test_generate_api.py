@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from generation_models import ScriptedHead, save_tiny_with_tokenizer
+from generation_models import ScriptedHead
 
 import lmforge
+from hf_models import save_tiny_with_tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.generate.api import Generator, generate, stream
 

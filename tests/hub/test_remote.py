@@ -278,9 +278,9 @@ def test_download_verb_prints_the_snapshot_and_checks_for_a_newer_commit(hub, hu
 
 
 def test_tokenizer_by_name_fetches_the_tokenizer_files_only(hub):
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.hub.hf import load_tokenizer
 
-    tok = Tokenizer.from_pretrained("facebook/opt-125m")
+    tok = load_tokenizer("facebook/opt-125m")
     assert tok.kind == "bpe" and tok.eos_token == "</s>"
     assert downloads(hub) == {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
     assert os.environ["HF_HUB_CACHE"] in str(remote.hub_cache())

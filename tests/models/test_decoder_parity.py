@@ -48,6 +48,25 @@ def test_kv_cache_steps_match_full_forward(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_ready_4d_mask_with_position_ids_matches_through_the_cache(kind, tmp_path):
+    """A boolean mask (B, 1, T, past + T) is used as given, as transformers accepts one."""
+    hf = save_tiny(kind, tmp_path / kind)
+    model, _ = lmforge.load(tmp_path / kind)
+    ids, mask = left_padded_batch(seed=3)
+    B, L = ids.shape
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    ready = (causal & mask[:, None, :].bool()) | torch.eye(L, dtype=torch.bool)  # a padding query sees itself
+    ready, positions = ready[:, None], hf_position_ids(mask)
+    cache = model.new_cache(B, L)
+    with torch.no_grad():
+        steps = [model(ids[:, :5], attention_mask=ready[:, :, :5, :5], position_ids=positions[:, :5], cache=cache)]
+        for t in range(5, L):
+            steps.append(model(ids[:, t:t + 1], attention_mask=ready[:, :, t:t + 1, :t + 1],
+                               position_ids=positions[:, t:t + 1], cache=cache))
+    assert max_diff_on_real_tokens(torch.cat(steps, dim=1), hf_logits(hf, ids, mask), mask) <= TOL
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_export_reloads_in_transformers_with_same_logits(kind, tmp_path):
     from transformers import AutoModelForCausalLM
 

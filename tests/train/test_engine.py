@@ -78,11 +78,11 @@ def test_cli_finetune_resume_and_the_old_positional_config(tmp_path, pair_file, 
 
 
 def test_schedule_planned_on_a_time_budget(tmp_path, prepared):
-    result = train(tiny(tmp_path / "run", prepared, max_iters=None, max_minutes=0.03, warmup_iters=2, log_interval=1,
+    result = train(tiny(tmp_path / "run", prepared, max_iters=None, max_minutes=0.03, warmup_iters=1, log_interval=1,
                         eval_interval=10**6, eval_minutes=0.01, sample_tokens=0, min_lr=1e-5), quiet=True)
-    assert result.stopped == "max_minutes" and result.iters > 5
+    assert result.stopped == "max_minutes" and result.iters >= 3  # however loaded the machine
     log = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
-    lrs = [r["lr"] for r in log[2:]]
+    lrs = [r["lr"] for r in log[1:]]
     assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.5 * 1e-3  # decays over the time
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) >= 3 and metrics[-1]["iter"] == result.iters  # on the clock, and at the end

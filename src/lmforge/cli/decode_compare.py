@@ -10,7 +10,7 @@ from lmforge.errors import LmforgeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lmforge.generate.lab import DEFAULT_STRATEGIES, PRESETS
+    from lmforge.evaluate.decoding_lab import DEFAULT_STRATEGIES, PRESETS
 
     add_model_argument(parser)
     parser.add_argument("--prompts", required=True, metavar="FILE", help="UTF-8 file, one prompt per line")
@@ -36,7 +36,7 @@ def load_train_index(path: str, tokenizer):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.generate.lab import compare_strategies, render_markdown, write_report
+    from lmforge.evaluate.decoding_lab import compare_strategies, render_markdown, write_report
 
     ckpt = load_checkpoint(args)
     prompts = [line for line in read_text_file(args.prompts, "prompts file").splitlines() if line.strip()]

@@ -51,7 +51,9 @@ def load_tokenizer(spec, corpus: Corpus, vocab_size: int):
     if path.is_file() and path.suffix == ".json":
         return Tokenizer.from_file(path), str(path)
     if path.is_dir() or (not path.exists() and is_repo_id(str(spec))):
-        return Tokenizer.from_pretrained(spec), str(spec)
+        from lmforge.hub.hf import load_tokenizer
+
+        return load_tokenizer(spec), str(spec)
     raise LmforgeError(f"tokenizer {spec!r} is neither 'char', 'bpe', an existing tokenizer.json or folder, nor a "
                        "Hub model name")
 

@@ -30,6 +30,7 @@ from lmforge.data.pairs import LengthReport, PairEncoder, PairSet
 from lmforge.errors import LmforgeError
 from lmforge.evaluate.text_metrics import bleu, chrf, novelty_vs_source, rouge
 from lmforge.fsutil import write_text_atomic
+from lmforge.generate.api import generate
 
 METRIC_COLUMNS = {
     "rouge": ["rouge1", "rouge2", "rougeL", "rougeLsum"],
@@ -90,8 +91,6 @@ def generate_texts(model, tokenizer, sources: list[list[int]], generation: dict,
                    defaults: dict | None = None, autocast=None,
                    progress: Callable[[int, int], None] | None = None) -> list[str]:
     """The generated text of every source (token ids), longest sources first in batches, returned in order."""
-    from lmforge.generate.api import generate
-
     order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
     outputs: list[str] = [""] * len(sources)
     was_training = model.training

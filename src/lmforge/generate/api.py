@@ -234,7 +234,7 @@ def generate(model, inputs: Prompts = None, generation_config: GenerationConfig 
     sampling reproducible without touching the global RNG; `ignore_eos` never stops at EOS;
     `truncate="left"` drops the start of a prompt too long for the context. `compile=True` (decoder-only
     models) runs each decoding step as one graph compiled by torch.compile: faster per token, but the
-    first call for a new shape spends seconds to tens of seconds compiling (see `session.compiled_step`).
+    first call for a new shape spends seconds to tens of seconds compiling (see `compiled.compiled_step`).
     """
     model, tokenizer, defaults = _unpack(model, tokenizer, defaults)
     config = resolve_config(model, generation_config, defaults, tokenizer, ignore_eos=ignore_eos, **kwargs)

@@ -29,7 +29,7 @@ The contract (:class:`DecodingSession`):
     the tokens fed by the last ``start`` (T = P) or ``step`` (T = 1) call; used by contrastive
     search. None otherwise.
 ``close()``
-    Release what the session holds on the model (weights packed for its decoding steps).
+    Release what the session holds (its view of the model, weights packed for its decoding steps).
 ``batch_size``
     Current number of rows.
 ``prompt_limit(max_new_tokens) -> int | None``
@@ -38,6 +38,11 @@ The contract (:class:`DecodingSession`):
 
 Logits are computed for the last position only; the session never holds more than one step of
 hidden states. Sessions are used under ``torch.inference_mode()`` by the caller.
+
+A session never changes the model: its speed-ups (generate/accel.py: one-query attention, weights packed for
+the decoding batch, a compiled step) live in its cache and in its own view of the model, which shares every
+parameter. Several sessions may decode with one model at once, from several threads; weights changed in
+place between two generations are seen by the second.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from typing import Protocol
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.models.layers import pack_linears, unpack_linears
+from lmforge.generate.accel import PACK_MIN_ROWS, decoding_attention, decoding_view, pack_view
+from lmforge.generate.compiled import COMPILED_CAPACITY_STEP, CompiledSteps
 
 
 class DecodingSession(Protocol):
@@ -70,34 +76,41 @@ class DecodingSession(Protocol):
     def close(self) -> None: ...
 
 
-class _Packing:
-    """Packs the model's weights for the row count of the decoding steps (see models.layers.Linear):
-    once per row count, released by `close`."""
+class _Accelerated:
+    """A session's view of its model for the decoding steps (generate.accel), made when a step first needs
+    it, with weights packed for the steps' row count; released by `close`."""
 
     model: torch.nn.Module
-    packed_rows: int | None = None
+    compiled = False
+    _view: torch.nn.Module | None = None
+    _view_made = False
+    _packed_rows: int | None = None
 
-    def _pack(self, rows: int) -> None:
-        if rows != self.packed_rows:
-            pack_linears(self.model, rows)
-            self.packed_rows = rows
+    def _step_model(self, rows: int) -> torch.nn.Module:
+        """The module a step of `rows` rows runs: the session's view where it is faster, else the model."""
+        if rows < PACK_MIN_ROWS and not self.compiled:  # nothing to pack; a compiled step still fuses one-row products
+            return self.model
+        if not self._view_made:
+            self._view, self._view_made = decoding_view(self.model, self.compiled), True
+        if self._view is None:
+            return self.model
+        if rows != self._packed_rows:
+            pack_view(self._view, rows)
+            self._packed_rows = rows
+        return self._view
 
     def close(self) -> None:
-        if self.packed_rows is not None:
-            unpack_linears(self.model)
-            self.packed_rows = None
+        self._view, self._view_made, self._packed_rows = None, False, None
 
 
-class DecoderOnlySession(_Packing):
+class DecoderOnlySession(_Accelerated):
     """A DecoderLM and its KV cache, preallocated to prompt + max_new_tokens positions.
 
     Per step it passes explicit position ids and the running attention mask, so nothing is
     recomputed from the whole history. With `compile`, the prompt still runs eagerly, and every step
-    runs `compiled_step`, which writes into the cache buffers in place and attends over the written
-    positions under the running attention mask; the cache capacity is rounded up to a multiple of
-    COMPILED_CAPACITY_STEP, so that nearby lengths share a graph. Beam reorders then copy nothing: the
-    session tracks which cache row holds each row's keys/values at each position (`owner`) and the step
-    gathers them inside the graph (10 % a step faster on the beam rows of bench_generate than copying).
+    runs a compiled graph (generate.compiled) that writes into the cache buffers in place and attends over
+    the written positions under the running attention mask; the cache capacity is rounded up to a multiple
+    of COMPILED_CAPACITY_STEP, so that nearby lengths share a graph.
     """
 
     def __init__(self, model: torch.nn.Module, output_hidden: bool = False, compile: bool = False):
@@ -112,8 +125,7 @@ class DecoderOnlySession(_Packing):
         self.mask: torch.Tensor | None = None  # (B, capacity) 1 for real tokens, filled up to cache.length
         self.positions: torch.Tensor | None = None  # (B, 1) position id of the last token fed
         self.padded = False
-        self.checked = 0  # compiled: steps run in this session (and shape) with all of dynamo's guards checked
-        self.owner: torch.Tensor | None = None  # compiled, after beam reorders: (B, capacity) cache row per position
+        self.steps: CompiledSteps | None = None
 
     @property
     def context_length(self) -> int:
@@ -146,77 +158,31 @@ class DecoderOnlySession(_Packing):
             capacity = min(-(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP, self.context_length)
         self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)
         self.mask[:, :T] = attention_mask
-        self.cache = self.model.new_cache(B, capacity)
-        self.checked, self.owner = 0, None
+        self.cache = self.model.new_cache(B, capacity, attend=decoding_attention)
+        self.steps = CompiledSteps() if self.compiled else None
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         self.positions = positions[:, -1:]
-        return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1))
+        return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1), self.model)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.positions = self.positions + 1
-        self._pack(tokens.numel())  # eager, also before a compiled step: the graph uses the packed weights
-        if self.compiled:
-            return self._compiled_step(tokens)
-        return self._forward(tokens.view(-1, 1), self.positions)
+        model = self._step_model(tokens.numel())
+        if self.steps is not None:
+            return self.steps.step(model, tokens, self.positions, self.mask, self.cache)
+        return self._forward(tokens.view(-1, 1), self.positions, model)
 
-    def _compiled_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """One step through `compiled_step`. `visible` is marked dynamic in its last dimension (the written
-        length), so one graph serves every step of the session. Once two steps have run it with all of
-        dynamo's guards checked, later steps check only the guards that tell graphs apart (0.2-0.4 ms a
-        step less on the CPU): between the steps of a session nothing changes but the written length and
-        the tensors' contents, and a reorder to another batch size starts the count again."""
-        slot = self.cache.length
-        visible = self.mask[:, None, None, :slot + 1].bool()  # written positions that are not padding
-        torch._dynamo.mark_dynamic(visible, 3)
-        ids = tokens.reshape(-1, 1).contiguous()  # a beam's tokens come as a strided view: same layout always
-        if self.owner is not None:  # every row writes its new keys/values into its own cache row
-            self.owner[:, slot] = torch.arange(self.batch_size, device=tokens.device)
-        args = (self.model, ids, self.positions, visible, self.cache.keys, self.cache.values,
-                torch.tensor([slot], device=tokens.device), self.owner)
-        if self.checked >= 2:
-            try:
-                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    logits = compiled_step()(*args)
-            except RuntimeError as error:
-                # no compiled graph fits and dynamo will not compile in this stance: past its recompile limit
-                # the step runs eagerly, and so it does from now on, under every guard
-                if "skip_guard_eval_unsafe" not in str(error):
-                    raise
-                self.checked = -(1 << 30)
-                logits = compiled_step()(*args)
-        else:
-            logits = compiled_step()(*args)
-            self.checked += 1
-        self.cache.advance(1)
-        return logits
-
-    def _settle(self) -> None:
-        """Copy every row's cached keys/values into the row's own cache row, where `owner` points elsewhere."""
-        if self.owner is None:
-            return
-        written = self.cache.length
-        for buffer in self.cache.keys + self.cache.values:
-            # the gather copies (advanced indexing), so writing it back into the same rows cannot alias
-            buffer[:, :, :written].copy_(_owned(buffer, self.owner, written))
-        self.owner = None
-
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         end = self.cache.length + ids.shape[1]
         mask = self.mask[:, :end] if self.padded else None
-        h = self.model.hidden_states(ids, attention_mask=mask, position_ids=positions, cache=self.cache)
+        h = model.hidden_states(ids, attention_mask=mask, position_ids=positions, cache=self.cache)
         self.hidden = h if self.output_hidden else None
-        return self.model.lm_head(h[:, -1]).float()
+        return model.lm_head(h[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self.compiled and index.numel() == self.batch_size:  # beam reshuffle: the cache rows stay, their
-            if self.owner is None:  # owners change; steps then gather (another graph: all guards again)
-                self.owner = torch.arange(self.batch_size, device=index.device)[:, None].repeat(1, self.cache.max_len)
-                self.checked = 0
-            self.owner = self.owner.index_select(0, index)
-        else:  # eager, or compiled to another batch size: new shapes, the next steps run under all guards
-            self._settle()
+        if self.steps is not None:
+            self.steps.reorder(index, self.cache)
+        else:
             self.cache.reorder(index)
-            self.checked = 0
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.prefix_ids = self.prefix_ids.index_select(0, index)
@@ -229,7 +195,7 @@ def open_session(model: torch.nn.Module, output_hidden: bool = False,
                  decoder_start_token_id: int | None = None, compile: bool = False) -> DecodingSession:
     """The session for `model`'s kind. `decoder_start_token_id` (encoder-decoders only) overrides the
     model config's, as a generation config may. `compile` (decoder-only models): run the decoding steps
-    as one graph compiled by torch.compile (see `compiled_step`)."""
+    as one graph compiled by torch.compile (see generate.compiled)."""
     if getattr(model, "is_encoder_decoder", False):
         if compile:
             raise LmforgeError("compile=True is implemented for decoder-only models only; drop it for "
@@ -238,63 +204,7 @@ def open_session(model: torch.nn.Module, output_hidden: bool = False,
     return DecoderOnlySession(model, output_hidden=output_hidden, compile=compile)
 
 
-COMPILED_CAPACITY_STEP = 64  # compiled sessions round their cache up to a multiple of this many positions
-
-
-class _SlotWriter:
-    """The cache the blocks see inside a compiled step: writes the new keys/values at `slot` (a one-element
-    tensor) into the fixed-size buffers, in place, and returns their first `end` positions; with `owner`
-    ((B, capacity): the cache row that holds each row's keys/values at each position, as beam reorders
-    left them) gathered from their owners' rows."""
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slot: torch.Tensor, end,
-                 owner: torch.Tensor | None):
-        self.keys, self.values, self.slot, self.end, self.owner = keys, values, slot, end, owner
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer].index_copy_(2, self.slot, k)
-        self.values[layer].index_copy_(2, self.slot, v)
-        if self.owner is None:
-            return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
-        return _owned(self.keys[layer], self.owner, self.end), _owned(self.values[layer], self.owner, self.end)
-
-
-def _owned(buffer: torch.Tensor, owner: torch.Tensor, end) -> torch.Tensor:
-    """The first `end` positions of every row of a (B, heads, capacity, dim) cache buffer, each taken from
-    the cache row `owner` (B, capacity) names for that row and position."""
-    positions = torch.arange(end, device=owner.device)
-    return buffer[owner[:, :end], :, positions].transpose(1, 2)
-
-
-def _slot_step(model, ids, positions, visible, keys, values, slot, owner) -> torch.Tensor:
-    """One decoding step; the written length is `visible`'s last size (marked dynamic by the caller)."""
-    writer = _SlotWriter(keys, values, slot, visible.shape[-1], owner)
-    h = model.slot_step_hidden(ids, positions, visible, writer)
-    return model.lm_head(h[:, -1]).float()
-
-
-_compiled_slot_step = None
-
-
-def compiled_step():
-    """`_slot_step` compiled by torch.compile (inductor, C++ wrapper), created on first use.
-
-    One decoding step of a decoder-only model becomes one graph: norms, residual adds, activations and
-    the attention of one query fuse into a few C++ kernels around the matrix products, and the code that
-    calls them is C++ too (inductor's `cpp_wrapper`), which removes most of eager PyTorch's per-operation
-    cost and the Python of a generated graph. Every size is fixed (`dynamic=False`: one graph per batch
-    size and cache capacity) except the written length, which the session marks dynamic: one compilation
-    serves every step of a generation. It takes seconds to tens of seconds on a CPU (inductor's on-disk
-    cache shortens it across processes). Results match eager decoding to float rounding, not bitwise
-    (the fused kernels add in another order).
-    """
-    global _compiled_slot_step
-    if _compiled_slot_step is None:
-        _compiled_slot_step = torch.compile(_slot_step, dynamic=False, options={"cpp_wrapper": True})
-    return _compiled_slot_step
-
-
-class Seq2SeqSession(_Packing):
+class Seq2SeqSession(_Accelerated):
     """An EncoderDecoderLM: `start` runs the encoder once and feeds the decoder its start token; the
     decoder's self-attention keys/values and the cross-attention keys/values live in an EncDecCache
     preallocated to 1 + max_new_tokens positions.
@@ -346,17 +256,16 @@ class Seq2SeqSession(_Packing):
         encoder_hidden = self.model.encode(input_ids, self.encoder_mask)
         self.prefix_ids = torch.full((B, 1), self.start_token, dtype=torch.long, device=device)
         self.prefix_mask = torch.ones(B, 1, dtype=torch.long, device=device)
-        self.cache = self.model.new_cache(B, 1 + max_new_tokens)
-        return self._forward(self.prefix_ids, encoder_hidden)
+        self.cache = self.model.new_cache(B, 1 + max_new_tokens, attend=decoding_attention)
+        return self._forward(self.prefix_ids, encoder_hidden, self.model)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._pack(tokens.numel())
-        return self._forward(tokens.view(-1, 1), None)
+        return self._forward(tokens.view(-1, 1), None, self._step_model(tokens.numel()))
 
-    def _forward(self, ids: torch.Tensor, encoder_hidden: torch.Tensor | None) -> torch.Tensor:
-        h = self.model.decoder_hidden_states(ids, encoder_hidden, self.encoder_mask, cache=self.cache)
+    def _forward(self, ids: torch.Tensor, encoder_hidden: torch.Tensor | None, model: torch.nn.Module) -> torch.Tensor:
+        h = model.decoder_hidden_states(ids, encoder_hidden, self.encoder_mask, cache=self.cache)
         self.hidden = h if self.output_hidden else None
-        return self.model.logits(h[:, -1]).float()
+        return model.logits(h[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)

@@ -1,32 +1,17 @@
 """Per-family translation between Hugging Face checkpoints and lmforge models: config fields and weight names.
 
-Each family provides `config_from_hf(hf: dict) -> config`, `config_to_hf(config) -> dict` and
-`weight_map(config) -> list[WeightMap]`. A `WeightMap` ties one lmforge tensor to one or more
-Hugging Face tensors: several are concatenated along dim 0 (fused q/k/v, fused gate/up), and
-`transpose` handles GPT-2's Conv1D layout.
+Each family provides `config_from_hf(hf: dict) -> config`, `config_to_hf(config) -> dict`,
+`weight_map(config) -> list[WeightMap]` and its model class (hub/family.py). The decoder-only families
+are here; `FAMILIES` holds them and the encoder-decoder ones of seq2seq_families.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 from lmforge.config import ModelConfig
-from lmforge.errors import LmforgeError
+from lmforge.hub.family import Family, WeightMap, refuse
+from lmforge.hub.seq2seq_families import SEQ2SEQ_FAMILIES
+from lmforge.models.decoder import DecoderLM
 
-
-@dataclass(frozen=True)
-class WeightMap:
-    ours: str
-    theirs: tuple[str, ...]
-    sizes: tuple[int, ...] | None = None  # split sizes along dim 0 when `theirs` has several tensors
-    transpose: bool = False
-    aliases: tuple[str, ...] = ()  # other names of the same tensor, accepted on import, never written
-    optional: bool = False  # absent from some checkpoints, and zeros then (BART's final_logits_bias)
-
-def _refuse(family: str, field: str, value, why: str) -> None:
-    raise LmforgeError(f"{family} checkpoints with {field}={value!r} are not supported ({why})")
 
 def _ids(hf: dict) -> dict:
     return {k: hf.get(k) if not isinstance(hf.get(k), list) else hf[k][0]
@@ -37,7 +22,7 @@ def _rope_theta(hf: dict) -> float:
     scaling = hf.get("rope_scaling") or {}
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
-        _refuse(hf["model_type"], "rope_type", kind, "only plain RoPE is implemented")
+        refuse(hf["model_type"], "rope_type", kind, "only plain RoPE is implemented")
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 # --- GPT-2 ---------------------------------------------------------------------------------------
@@ -47,12 +32,12 @@ _GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": 
 def gpt2_config_from_hf(hf: dict) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag):
-            _refuse("gpt2", flag, True, "the standard GPT-2 attention is implemented")
+            refuse("gpt2", flag, True, "the standard GPT-2 attention is implemented")
     if hf.get("scale_attn_weights") is False:
-        _refuse("gpt2", "scale_attn_weights", False, "attention is always scaled by 1/sqrt(head_dim)")
+        refuse("gpt2", "scale_attn_weights", False, "attention is always scaled by 1/sqrt(head_dim)")
     act = hf.get("activation_function", "gelu_new")
     if act not in _GPT2_ACT:
-        _refuse("gpt2", "activation_function", act, f"use one of {sorted(_GPT2_ACT)}")
+        refuse("gpt2", "activation_function", act, f"use one of {sorted(_GPT2_ACT)}")
     return ModelConfig.for_family(
         "gpt2", vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
         intermediate_size=hf.get("n_inner"), block_size=hf["n_positions"],
@@ -87,16 +72,16 @@ def gpt2_weight_map(c: ModelConfig) -> list[WeightMap]:
 
 def opt_config_from_hf(hf: dict) -> ModelConfig:
     if not hf.get("do_layer_norm_before", True):
-        _refuse("opt", "do_layer_norm_before", False, "only pre-LN OPT models (all but opt-350m) are implemented")
+        refuse("opt", "do_layer_norm_before", False, "only pre-LN OPT models (all but opt-350m) are implemented")
     if hf.get("word_embed_proj_dim", hf["hidden_size"]) != hf["hidden_size"]:
-        _refuse("opt", "word_embed_proj_dim", hf["word_embed_proj_dim"], "it must equal hidden_size")
+        refuse("opt", "word_embed_proj_dim", hf["word_embed_proj_dim"], "it must equal hidden_size")
     if hf.get("_remove_final_layer_norm"):
-        _refuse("opt", "_remove_final_layer_norm", True, "the final layer norm is always present")
+        refuse("opt", "_remove_final_layer_norm", True, "the final layer norm is always present")
     if hf.get("layer_norm_elementwise_affine") is False:
-        _refuse("opt", "layer_norm_elementwise_affine", False, "layer norms have weights and biases")
+        refuse("opt", "layer_norm_elementwise_affine", False, "layer norms have weights and biases")
     act = hf.get("activation_function", "relu")
     if act not in ("relu", "gelu"):
-        _refuse("opt", "activation_function", act, "use relu or gelu")
+        refuse("opt", "activation_function", act, "use relu or gelu")
     return ModelConfig.for_family(
         "opt", vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
         n_embd=hf["hidden_size"], intermediate_size=hf["ffn_dim"], block_size=hf["max_position_embeddings"],
@@ -134,10 +119,10 @@ def opt_weight_map(c: ModelConfig) -> list[WeightMap]:
 def llama_config_from_hf(hf: dict) -> ModelConfig:
     family = hf["model_type"]
     if hf.get("hidden_act", "silu") != "silu":
-        _refuse(family, "hidden_act", hf["hidden_act"], "the Llama family uses silu")
+        refuse(family, "hidden_act", hf["hidden_act"], "the Llama family uses silu")
     attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
     if attention_bias != mlp_bias:
-        _refuse(family, "attention_bias/mlp_bias", (attention_bias, mlp_bias), "both must be equal")
+        refuse(family, "attention_bias/mlp_bias", (attention_bias, mlp_bias), "both must be equal")
     sliding = hf.get("sliding_window")
     if family == "qwen2" and not hf.get("use_sliding_window", False):
         sliding = None
@@ -184,25 +169,11 @@ def llama_weight_map(c: ModelConfig) -> list[WeightMap]:
     m.append(WeightMap("ln_f.weight", ("model.norm.weight",)))
     return m
 
-@dataclass(frozen=True)
-class Family:
-    config_from_hf: Callable[[dict], Any]
-    config_to_hf: Callable[[Any], dict]
-    weight_map: Callable[[Any], list[WeightMap]]
-    # prefix some checkpoints omit (saved from the base model rather than the LM-head model)
-    optional_prefix: str = ""
-    model_class: str = "lmforge.models.decoder.DecoderLM"  # imported lazily
-    unused: tuple[str, ...] = ()  # tensors some checkpoints hold that the model never reads
-
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(gpt2_config_from_hf, gpt2_config_to_hf, gpt2_weight_map, "transformer."),
-    "opt": Family(opt_config_from_hf, opt_config_to_hf, opt_weight_map, "model."),
-    "llama": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, "model."),
-    "mistral": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, "model."),
-    "qwen2": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, "model."),
+    "gpt2": Family(gpt2_config_from_hf, gpt2_config_to_hf, gpt2_weight_map, DecoderLM, "transformer."),
+    "opt": Family(opt_config_from_hf, opt_config_to_hf, opt_weight_map, DecoderLM, "model."),
+    "llama": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),
+    "mistral": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),
+    "qwen2": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),
+    **SEQ2SEQ_FAMILIES,
 }
-
-# The encoder-decoder families (BART, T5) live in their own module, which imports WeightMap and Family from here.
-from lmforge.hub.seq2seq_families import SEQ2SEQ_FAMILIES
-
-FAMILIES.update(SEQ2SEQ_FAMILIES)

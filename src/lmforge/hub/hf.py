@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
-from lmforge.hub.families import FAMILIES, WeightMap
+from lmforge.hub.families import FAMILIES
+from lmforge.hub.family import WeightMap
 from lmforge.hub.remote import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,6 +158,15 @@ def export_weights(model: torch.nn.Module, maps: list[WeightMap]) -> dict[str, t
     return out
 
 
+def load_tokenizer(name_or_folder: str | os.PathLike):
+    """The tokenizer of a folder, or of a Hub model name (resolved in the Hugging Face cache, its tokenizer
+    files downloaded when needed)."""
+    from lmforge.tokenizer import Tokenizer
+
+    folder = Path(name_or_folder)
+    return Tokenizer.from_pretrained(folder if folder.is_dir() else resolve_model(folder, need="tokenizer"))
+
+
 def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
     """Load a Hugging Face or lmforge model folder, or a Hub name (`gpt2`, `facebook/opt-125m@main`) from the
     Hugging Face cache, downloaded when needed (hub/remote.py). `dtype=None` keeps the stored dtype."""
@@ -168,10 +177,8 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
     hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
-    module_name, class_name = family.model_class.rsplit(".", 1)
-    model_class = getattr(importlib.import_module(module_name), class_name)
     with torch.device("meta"):
-        model = model_class(config)
+        model = family.model_class(config)
     maps = family.weight_map(config)
     state = import_weights(hf_state, maps, model, family.optional_prefix, str(folder))
     stored = next(iter(state.values())).dtype

@@ -1,6 +1,6 @@
 """Translation between Hugging Face checkpoints and `EncoderDecoderLM` for the BART and T5 families.
 
-The entries of `SEQ2SEQ_FAMILIES` are merged into `families.FAMILIES`. The token embedding has
+The entries of `SEQ2SEQ_FAMILIES` are part of `families.FAMILIES`. The token embedding has
 several names in these checkpoints (`shared.weight`, `encoder.embed_tokens.weight`,
 `decoder.embed_tokens.weight`): all of them are accepted, and only the one transformers expects
 is written.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from lmforge.config import EncDecConfig, encdec_family_defaults
 from lmforge.errors import LmforgeError
-from lmforge.hub.families import Family, WeightMap, _refuse
+from lmforge.hub.family import Family, WeightMap, refuse
+from lmforge.models.encdec import EncoderDecoderLM
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
-_MODEL_CLASS = "lmforge.models.encdec.EncoderDecoderLM"
 
 
 def _seq2seq_ids(hf: dict, family: str) -> dict:
@@ -57,14 +57,14 @@ def bart_config_from_hf(hf: dict) -> EncDecConfig:
     for enc, dec, default in (("encoder_attention_heads", "decoder_attention_heads", 16),
                               ("encoder_ffn_dim", "decoder_ffn_dim", 4096)):
         if hf.get(enc, default) != hf.get(dec, default):
-            _refuse("bart", f"{enc}/{dec}", (hf.get(enc, default), hf.get(dec, default)),
+            refuse("bart", f"{enc}/{dec}", (hf.get(enc, default), hf.get(dec, default)),
                     "the encoder and the decoder must have the same width")
     for flag in ("normalize_before", "add_final_layer_norm"):
         if hf.get(flag):
-            _refuse("bart", flag, True, "BART is post-norm without a final layer norm")
+            refuse("bart", flag, True, "BART is post-norm without a final layer norm")
     act = hf.get("activation_function", "gelu")
     if act not in _ACT:
-        _refuse("bart", "activation_function", act, f"use one of {sorted(_ACT)}")
+        refuse("bart", "activation_function", act, f"use one of {sorted(_ACT)}")
     return EncDecConfig.for_family(
         "bart", vocab_size=hf.get("vocab_size", 50265), d_model=hf.get("d_model", 1024),
         n_head=hf.get("encoder_attention_heads", 16), d_ff=hf.get("encoder_ffn_dim", 4096),
@@ -123,7 +123,7 @@ def t5_config_from_hf(hf: dict) -> EncDecConfig:
     gated = proj.startswith("gated-")
     act = "gelu_tanh" if proj == "gated-gelu" else _ACT.get(proj.removeprefix("gated-"))
     if act is None:
-        _refuse("t5", "feed_forward_proj", proj, "use relu, gated-gelu or another [gated-]{relu,gelu,gelu_new,silu}")
+        refuse("t5", "feed_forward_proj", proj, "use relu, gated-gelu or another [gated-]{relu,gelu,gelu_new,silu}")
     tie = hf.get("tie_word_embeddings", True)
     return EncDecConfig.for_family(
         "t5", vocab_size=hf.get("vocab_size", 32128), d_model=hf.get("d_model", 512), head_dim=hf.get("d_kv", 64),
@@ -183,8 +183,8 @@ def t5_weight_map(c: EncDecConfig) -> list[WeightMap]:
 
 
 SEQ2SEQ_FAMILIES: dict[str, Family] = {
-    "bart": Family(bart_config_from_hf, bart_config_to_hf, bart_weight_map, "model.", _MODEL_CLASS),
+    "bart": Family(bart_config_from_hf, bart_config_to_hf, bart_weight_map, EncoderDecoderLM, "model."),
     # old checkpoints hold a cross-attention position bias that T5 never uses
-    "t5": Family(t5_config_from_hf, t5_config_to_hf, t5_weight_map, "", _MODEL_CLASS,
+    "t5": Family(t5_config_from_hf, t5_config_to_hf, t5_weight_map, EncoderDecoderLM, "",
                  unused=("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)),
 }

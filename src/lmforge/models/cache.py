@@ -1,8 +1,19 @@
-"""Key/value cache: preallocated per-layer buffers that attention writes into and reads views of."""
+"""Key/value cache: preallocated per-layer buffers that attention writes into and reads views of.
+
+A cache is the state of one decoding run. Attention layers that have one call `cache.update` with their new
+keys/values and then `cache.attend`: plain SDPA by default; a decoding session passes its own `attend`
+(generate/accel.py: one query as two matrix products on the CPU), so the model holds no decoding-speed code.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from lmforge.models.layers import attention
+
+Attend = Callable[..., torch.Tensor]  # (q, k, v, mask, is_causal, dropout, scale) -> output, as layers.attention
 
 
 class KVCache:
@@ -10,11 +21,13 @@ class KVCache:
 
     `length` counts the positions already written; a forward pass over T new tokens writes
     positions [length, length + T) in every layer and then advances `length` by T. (Separate buffers
-    per layer, not one tensor: a compiled decoding step can then update each in place.)
+    per layer, not one tensor: a compiled decoding step can then update each in place.) `attend` computes
+    the attention of the new queries over the cached keys/values.
     """
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, attend: Attend = attention):
+        self.attend = attend
         shape = (batch, n_kv_head, max_len, head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
@@ -64,12 +77,13 @@ class EncDecCache:
     Self-attention keys/values grow with every decoded token in a preallocated `KVCache`; the
     cross-attention keys/values of every layer depend only on the encoder output, so the first
     `decode` computes them and later steps reuse them (`cross`: one (keys, values) pair per layer,
-    shaped (batch, heads, source_len, head_dim)).
+    shaped (batch, heads, source_len, head_dim)). `attend` serves self- and cross-attention.
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.self_attn = KVCache(n_layer, batch, n_head, max_len, head_dim, device, dtype)
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, attend: Attend = attention):
+        self.attend = attend
+        self.self_attn = KVCache(n_layer, batch, n_head, max_len, head_dim, device, dtype, attend)
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property

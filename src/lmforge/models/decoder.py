@@ -12,10 +12,9 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.cache import KVCache
+from lmforge.models.cache import Attend, KVCache
 from lmforge.models.layers import (
     MLP,
-    Linear,
     RotaryEmbedding,
     apply_rotary,
     attention,
@@ -31,8 +30,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
-        self.proj = Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
@@ -44,9 +43,12 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(qk, *rope).split([self.n_head, self.n_kv_head], dim=1)
         else:
             q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+        dropout = self.dropout if self.training else 0.0
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+            y = cache.attend(q, k, v, mask, is_causal, dropout)
+        else:
+            y = attention(q, k, v, mask, is_causal, dropout)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -84,7 +86,7 @@ class DecoderLM(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -106,22 +108,29 @@ class DecoderLM(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, attend: Attend = attention) -> KVCache:
         p = self.wte.weight
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, p.device, p.dtype)
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, p.device, p.dtype, attend)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Final normed hidden states (B, T, n_embd) of the new tokens `input_ids`.
 
         `attention_mask` (B, past + T) marks real tokens with 1 and left padding with 0, as in
-        transformers; position ids then skip the padding. With a `cache`, the new keys and values
-        are appended to it.
+        transformers; position ids then skip the padding. It may also be a ready boolean mask
+        (B, 1, T, past + T), True where a query may attend to a key: `past` is then read from its size
+        and `position_ids` default to past, past + 1, ... With a `cache`, the new keys and values are
+        appended to it.
         """
         cfg = self.config
         B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
+        if attention_mask is not None and attention_mask.dim() == 4:  # ready: (B, 1, T, past + T)
+            past, padding = attention_mask.shape[-1] - T, None
+            mask, is_causal = attention_mask, False
+        else:
+            past, padding = (cache.length if cache is not None else 0), attention_mask
+            mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
         total = past + T
         if total > cfg.block_size:
             raise LmforgeError(f"the sequence ({total} tokens) is longer than the model's context "
@@ -130,9 +139,8 @@ class DecoderLM(nn.Module):
             raise LmforgeError(f"the sequence ({total} tokens) exceeds the sliding window "
                                f"({cfg.sliding_window}); sliding-window attention is not supported")
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
+            position_ids = positions_from_mask(padding, past, T, input_ids.device)
         x, rope = self._embed(input_ids, position_ids)
-        mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
         for block in self.blocks:
             x = block(x, mask, is_causal, rope, cache)
         if cache is not None:
@@ -150,20 +158,6 @@ class DecoderLM(nn.Module):
         if self.training:
             x = self.drop(x)
         return x, rope
-
-    def slot_step_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, visible: torch.Tensor,
-                         cache) -> torch.Tensor:
-        """Final normed hidden states (B, 1, n_embd) of one new token per row, for a compiled decoding step.
-
-        `cache.update` (generate.session) writes the new keys/values in place into a slot of fixed-size
-        buffers and returns the written positions; `visible` (B, 1, 1, written) is True where a position
-        may be attended to (not padding). No Python-side state changes and no data-dependent branch, so
-        torch.compile traces one graph for every step (with the written length as a symbolic size).
-        """
-        x, rope = self._embed(input_ids, position_ids)
-        for block in self.blocks:
-            x = block(x, visible, False, rope, cache)
-        return self.ln_f(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,

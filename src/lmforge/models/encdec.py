@@ -23,8 +23,8 @@ from torch import nn
 
 from lmforge.config import EncDecConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.cache import EncDecCache
-from lmforge.models.layers import MLP, Linear, attention, causal_padding_mask, init_gpt2_style, make_norm
+from lmforge.models.cache import Attend, EncDecCache
+from lmforge.models.layers import MLP, attention, causal_padding_mask, init_gpt2_style, make_norm
 
 
 class Attention(nn.Module):
@@ -35,9 +35,9 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         inner = cfg.n_head * cfg.head_dim
-        self.q = Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.kv = Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
-        self.o = Linear(inner, cfg.d_model, bias=cfg.bias)
+        self.q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
+        self.o = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         self.scale, self.dropout = cfg.attention_scale, cfg.attention_dropout
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,14 +47,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool = False,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None, cache: EncDecCache | None = None) -> torch.Tensor:
-        """Self-attention when `kv` is None (appending to `cache` if given), else cross-attention over `kv`."""
+        """Self-attention when `kv` is None (appending to `cache` if given), else cross-attention over `kv`;
+        with a `cache`, attention is its `attend`."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         if kv is None:
             kv = self.keys_values(x)
             if cache is not None:
                 kv = cache.update(self.layer, *kv)
-        y = attention(q, *kv, mask, is_causal, self.dropout if self.training else 0.0, self.scale)
+        attend = cache.attend if cache is not None else attention
+        y = attend(q, *kv, mask, is_causal, self.dropout if self.training else 0.0, self.scale)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -115,7 +117,8 @@ class Layer(nn.Module):
     def forward(self, x, mask, is_causal, cache=None, cross_kv=None, cross_mask=None):
         x = self.residual(x, self.self_attn_norm, lambda h: self.self_attn(h, mask, is_causal, cache=cache))
         if self.cross_attn is not None:
-            x = self.residual(x, self.cross_attn_norm, lambda h: self.cross_attn(h, cross_mask, kv=cross_kv))
+            x = self.residual(x, self.cross_attn_norm,
+                              lambda h: self.cross_attn(h, cross_mask, kv=cross_kv, cache=cache))
         return self.residual(x, self.mlp_norm, self.mlp)
 
 
@@ -179,7 +182,7 @@ class EncoderDecoderLM(nn.Module):
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Stack(cfg, decoder=False)
         self.decoder = Stack(cfg, decoder=True)
-        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.register_buffer("final_logits_bias", torch.zeros(1, cfg.vocab_size) if cfg.final_logits_bias else None)
         self.init_weights()
 
@@ -217,10 +220,10 @@ class EncoderDecoderLM(nn.Module):
             n -= self.encoder.positions.weight.numel() + self.decoder.positions.weight.numel()
         return n
 
-    def new_cache(self, batch: int, max_len: int) -> EncDecCache:
+    def new_cache(self, batch: int, max_len: int, attend: Attend = attention) -> EncDecCache:
         """An empty decoder cache for `batch` sequences of up to `max_len` decoder tokens."""
         c, p = self.config, self.shared.weight
-        return EncDecCache(c.n_decoder_layer, batch, c.n_head, max_len, c.head_dim, p.device, p.dtype)
+        return EncDecCache(c.n_decoder_layer, batch, c.n_head, max_len, c.head_dim, p.device, p.dtype, attend)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.shared(ids)

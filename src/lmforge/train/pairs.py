@@ -25,7 +25,7 @@ from lmforge.config import ENCDEC_PRESETS, PRESETS, encdec_preset, preset
 from lmforge.data.pairs import LengthReport, PairEncoder, PairSet, length_batches, load_pairs
 from lmforge.errors import LmforgeError
 from lmforge.evaluate.run import METRIC_COLUMNS, generate_texts, metric_columns, parse_metrics, score
-from lmforge.hub.hf import load_folder
+from lmforge.hub.hf import load_folder, load_tokenizer
 from lmforge.losses import cross_entropy, logits_of, summed_nll
 from lmforge.models.decoder import DecoderLM
 from lmforge.models.encdec import EncoderDecoderLM
@@ -309,7 +309,7 @@ class PairTraining:
                                             special_tokens=SPECIAL_TOKENS)
             run.say(f"trained a byte-level BPE tokenizer of {tokenizer.vocab_size} tokens on the training split")
         else:
-            tokenizer = Tokenizer.from_pretrained(d.tokenizer)
+            tokenizer = load_tokenizer(d.tokenizer)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tokenizer)
         kind = "encoder-decoder" if model.is_encoder_decoder else "decoder-only"

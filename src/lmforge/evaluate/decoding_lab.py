@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import distinct_n, repetition_rate
+from lmforge.evaluate.text_metrics import distinct_n, repetition_rate
 from lmforge.fsutil import atomic_path, write_text_atomic
 from lmforge.generate.api import generate
 from lmforge.generate.score import continuation_logprobs

@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from generation_models import save_tiny_with_tokenizer
 
 import lmforge
+from hf_models import save_tiny_with_tokenizer
 from lmforge.cli.main import main
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import NGramIndex
-from lmforge.generate.lab import ReportSection, Strategy, compare_strategies, write_report
+from lmforge.evaluate.decoding_lab import ReportSection, Strategy, compare_strategies, write_report
 
 PROMPTS = ["The quick brown", "Café crème & <b>"]
 

@@ -131,7 +131,7 @@ def test_fsdp_two_gloo_processes_match_one_process_and_resume(tmp_path, prepared
 
 
 def test_pairs_under_fsdp_generate_on_rank_zero(tmp_path, pair_file):
-    settings = pair_settings(tmp_path / "run", pair_file, max_iters=4, gen_examples=4, metrics="rouge",
+    settings = pair_settings(tmp_path / "run", pair_file, max_iters=4, gen_examples=4, max_new_tokens=8, metrics="rouge",
                              best_metric="rouge1", copy_fraction=0.0, threads=1, distributed="fsdp")
     args = [a for key, value in settings.items() for a in (f"--{key}", str(value))]
     proc = torchrun(args, verb="finetune")

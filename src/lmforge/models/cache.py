@@ -75,16 +75,17 @@ class EncDecCache:
     """The decoder's cache in an encoder-decoder model.
 
     Self-attention keys/values grow with every decoded token in a preallocated `KVCache`; the
-    cross-attention keys/values of every layer depend only on the encoder output, so the first
-    `decode` computes them and later steps reuse them (`cross`: one (keys, values) pair per layer,
-    shaped (batch, heads, source_len, head_dim)). `attend` serves self- and cross-attention.
+    cross-attention keys/values of every layer depend only on the encoder output, so each layer computes
+    its own on the first `decode` and later steps reuse them (`cross`: one (keys, values) pair per layer,
+    shaped (batch, heads, source_len, head_dim), None until computed). `attend` serves self- and
+    cross-attention.
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, attend: Attend = attention):
         self.attend = attend
         self.self_attn = KVCache(n_layer, batch, n_head, max_len, head_dim, device, dtype, attend)
-        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
 
     @property
     def length(self) -> int:
@@ -107,5 +108,5 @@ class EncDecCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows of both caches (beam search reordering, or expanding to several beams)."""
         self.self_attn.reorder(index)
-        if self.cross is not None:
-            self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+        self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                      for kv in self.cross]

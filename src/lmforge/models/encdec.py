@@ -114,11 +114,18 @@ class Layer(nn.Module):
             return norm(x + self.drop(sublayer(x)))
         return x + self.drop(sublayer(norm(x)))
 
-    def forward(self, x, mask, is_causal, cache=None, cross_kv=None, cross_mask=None):
+    def forward(self, x, mask, is_causal, cache=None, memory=None, memory_mask=None):
+        """`memory`: the encoder's hidden states, which a decoder layer attends to. With a `cache`, this
+        layer's cross-attention keys/values are computed from it once and read from the cache afterwards."""
         x = self.residual(x, self.self_attn_norm, lambda h: self.self_attn(h, mask, is_causal, cache=cache))
         if self.cross_attn is not None:
-            x = self.residual(x, self.cross_attn_norm,
-                              lambda h: self.cross_attn(h, cross_mask, kv=cross_kv, cache=cache))
+            layer = self.self_attn.layer
+            kv = cache.cross[layer] if cache is not None else None
+            if kv is None:
+                kv = self.cross_attn.keys_values(memory)
+                if cache is not None:
+                    cache.cross[layer] = kv
+            x = self.residual(x, self.cross_attn_norm, lambda h: self.cross_attn(h, memory_mask, kv=kv, cache=cache))
         return self.residual(x, self.mlp_norm, self.mlp)
 
 
@@ -138,8 +145,8 @@ class Stack(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, past: int = 0,
-                cache: EncDecCache | None = None, cross_kv: list | None = None,
-                cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache: EncDecCache | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states of the embedded tokens `x` (B, T, d_model) at positions [past, past + T).
 
         `mask` is a boolean attention mask for SDPA (or None, with `is_causal` for a plain causal one);
@@ -159,8 +166,8 @@ class Stack(nn.Module):
             if is_causal:  # only without a cache and padding: a plain lower-triangular mask
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             mask, is_causal = (bias if mask is None else bias.masked_fill(~mask, float("-inf"))), False
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask, is_causal, cache, cross_kv[i] if cross_kv is not None else None, cross_mask)
+        for layer in self.layers:
+            x = layer(x, mask, is_causal, cache, memory, memory_mask)
         if self.final_norm is not None:
             x = self.drop(self.final_norm(x))
         return x
@@ -247,16 +254,10 @@ class EncoderDecoderLM(nn.Module):
         """
         T = decoder_input_ids.shape[1]
         past = cache.length if cache is not None else 0
-        if cache is not None and cache.cross is not None:
-            cross_kv = cache.cross
-        else:
-            if encoder_hidden is None:
-                raise ValueError("decoding needs encoder_hidden unless the cache holds the cross-attention keys/values")
-            cross_kv = [layer.cross_attn.keys_values(encoder_hidden) for layer in self.decoder.layers]
-            if cache is not None:
-                cache.cross = cross_kv
+        if encoder_hidden is None and (cache is None or cache.cross[0] is None):
+            raise ValueError("decoding needs encoder_hidden unless the cache holds the cross-attention keys/values")
         mask, is_causal = causal_padding_mask(decoder_attention_mask, past, T, decoder_input_ids.device)
-        h = self.decoder(self.embed(decoder_input_ids), mask, is_causal, past, cache, cross_kv,
+        h = self.decoder(self.embed(decoder_input_ids), mask, is_causal, past, cache, encoder_hidden,
                          padding_mask(encoder_mask))
         if cache is not None:
             cache.advance(T)

@@ -224,6 +224,9 @@ def check_lengths(model: nn.Module, cfg: FinetuneConfig, source: str) -> None:
             raise LmforgeError(f"data.max_source_length ({d.max_source_length}) or data.max_target_length "
                                f"({d.max_target_length}) is longer than the positions of {source} "
                                f"({c.max_position_embeddings}); lower them")
+        if c.position == "learned" and cfg.gen_examples and 1 + cfg.max_new_tokens > c.max_position_embeddings:
+            raise LmforgeError(f"max_new_tokens ({cfg.max_new_tokens}) does not fit the decoder positions of {source} "
+                               f"({c.max_position_embeddings}, one taken by the start token); lower max_new_tokens")
     elif d.max_source_length + d.max_target_length > c.block_size:
         raise LmforgeError(f"data.max_source_length + data.max_target_length ({d.max_source_length + d.max_target_length}"
                            f") is longer than the context of {source} ({c.block_size}); lower them")

@@ -204,9 +204,12 @@ class Run:
                                                                                 cpu_offload=True))
         if not self.main:
             return None
+        from torch.distributed.fsdp import FSDPModule
+
         model = self.task.model
+        plain = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP made a subclass
         with torch.device("meta"):
-            copy = type(model)(model.config)
+            copy = plain(model.config)
         copy.load_state_dict(state, assign=True)
         copy.tie_weights()
         for module in copy.modules():  # non-persistent buffers are still on the meta device

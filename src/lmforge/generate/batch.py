@@ -201,11 +201,9 @@ class DecodingBatch:
             return
         gone = [r for r in running.rows if r is not None]
         running.rows = [None] * len(running.rows)
-        self._drop(gone)
-        if self.logits is not None and self.rows:
-            self.logits = self.logits[self._order]
-        elif not self.rows:
-            self.logits = None
+        with torch.inference_mode():
+            self._drop(gone)
+            self.logits = self.logits[self._order] if self.rows else None
 
     def _drop(self, rows: list[int]) -> None:
         """Remove session rows; `_order` is then, for each remaining row, the index it had before."""

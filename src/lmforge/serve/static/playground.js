@@ -19,25 +19,25 @@ function makeColumn(index) {
   node.querySelector("legend").textContent = index === 0 ? "Setting A" : "Setting B";
   const settings = node.querySelector(".settings");
   if (index === 1) {  // a second setting that differs from the first out of the box
-    settings.strategy.value = "sample";
+    settings.elements.strategy.value = "sample";
   }
   const column = { node, settings, output: node.querySelector(".output"), stats: node.querySelector(".stats"),
                    transcript: node.querySelector(".transcript"), messages: [] };
-  settings.strategy.addEventListener("change", () => showFields(column));
+  settings.elements.strategy.addEventListener("change", () => showFields(column));
   showFields(column);
   $("columns").appendChild(node);
   return column;
 }
 
 function showFields(column) {
-  const strategy = column.settings.strategy.value;
+  const strategy = column.settings.elements.strategy.value;
   for (const label of column.settings.querySelectorAll("label[data-for]")) {
     label.classList.toggle("off", label.dataset.for !== strategy);
   }
 }
 
 function decodingFields(column) {
-  const s = column.settings, number = (name) => Number(s[name].value);
+  const s = column.settings.elements, number = (name) => Number(s[name].value);
   const fields = { max_tokens: number("max_tokens") };
   if (number("no_repeat_ngram_size") > 0) fields.no_repeat_ngram_size = number("no_repeat_ngram_size");
   const strategy = s.strategy.value;

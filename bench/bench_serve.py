@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -229,7 +228,8 @@ def main() -> int:
     levels = [int(n) for n in args.levels.split(",")]
     load_before = os.getloadavg()
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
-              "max_tokens": args.max_tokens, "cpu_name": cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "max_tokens": args.max_tokens, "cpu_name": cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+              "torch": torch.__version__,
               "python": platform.python_version(), "load_average_before": load_before}
     lmforge_argv = [sys.executable, "-m", "lmforge.cli.main", "serve", model, "--port", "0", "--model-name", "bench",
                     "--max-batch", str(max(levels)), "--max-queue", "1024"]

@@ -4,12 +4,12 @@ template that uses raise_exception, tojson and namespace)."""
 import json
 
 import pytest
+from serve_models import CHATML
 
 from hf_models import TEXT
 from lmforge.errors import LmforgeError
 from lmforge.serve.chat import DEFAULT_TEMPLATE, ChatTemplate, TemplateError
 from lmforge.tokenizer import Tokenizer
-from serve_models import CHATML
 
 LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
           "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "

@@ -10,7 +10,6 @@ import sys
 
 import httpx
 import pytest
-
 from serve_models import save_serving_model
 
 

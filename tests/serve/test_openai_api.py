@@ -8,11 +8,11 @@ import time
 import httpx
 import openai
 import pytest
+from live import LiveServer
+from serve_models import CHATML, save_serving_model
 
 import lmforge
 from lmforge.generate.api import generate
-from live import LiveServer
-from serve_models import CHATML, save_serving_model
 
 
 @pytest.fixture(scope="module")

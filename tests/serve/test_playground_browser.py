@@ -7,7 +7,6 @@ import shutil
 import tempfile
 
 import pytest
-
 from live import LiveServer
 from serve_models import CHATML, save_serving_model
 

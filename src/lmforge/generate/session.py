@@ -54,7 +54,6 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.generate.accel import PACK_MIN_ROWS, decoding_attention, decoding_view, pack_view
 from lmforge.generate.compiled import COMPILED_CAPACITY_STEP, CompiledSteps
-from lmforge.models.cache import RowCache
 
 
 class DecodingSession(Protocol):

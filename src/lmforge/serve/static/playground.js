@@ -83,7 +83,9 @@ class TokenView {
   add(text, token, logprob, alternatives) {
     const span = document.createElement("span");
     span.className = "tok";
-    span.textContent = text;
+    // line breaks and whitespace-only tokens stay visible (and clickable)
+    span.textContent = text.replaceAll("\n", "\u21b5\n") || "\u2205";
+    if (/^[ \t]+$/.test(text)) span.textContent = text.replaceAll(" ", "\u00b7");
     const p = Math.exp(logprob);
     span.style.background = tint(p);
     span.title = `${escapeToken(token)}  p=${p.toFixed(3)}`;

@@ -99,6 +99,8 @@ class _Running:
 
     def finished(self) -> list[str | None]:
         """Why each running choice ends with its newest token, or None (ended choices: None)."""
+        if not self.stopping.stops_early:  # only the length can end a choice
+            return [None if row is None or self.t < self.max_new else "length" for row in self.rows]
         live = torch.tensor([r is not None for r in self.rows], device=self.seqs.device)
         done = self.stopping(self.seqs[:, :self.P + self.t], live).tolist()
         last = self.seqs[:, self.P + self.t - 1].tolist()

@@ -10,7 +10,8 @@ transformers time (which cancels the load of a shared machine where the script t
     python bench/compare_trees.py --base ../base --head . --script bench_generate.py --rounds 3 \\
         --out bench/results/compare_generate.json -- --rows small-greedy,gpt2-greedy --reps 3 --compile
 
-Supported scripts: bench_generate.py, bench_decode_ceiling.py.
+Supported scripts: bench_generate.py, bench_decode_ceiling.py (ms per token), bench_train.py (ms per 1000
+training tokens), bench_shakespeare.py (the recipe's wall time, and its training loop's ms per 1000 tokens).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def timings(report: dict) -> dict[tuple[str, str], list[float]]:
                 for r in report["results"] for system, seconds in r["seconds"].items()}
     if report["benchmark"] == "decode_ceiling":
         return {(report["model"], system): values for system, values in report["ms_per_token"].items()}
+    if report["benchmark"].startswith("training tokens/s"):  # bench_train.py: ms per 1000 training tokens
+        names = {"hf": REFERENCE}
+        return {("train-step", names.get(variant, variant)): [1e6 / t for t in values]
+                for variant, values in report["tokens_per_sec_all"].items()}
+    if report["benchmark"].startswith("shakespeare-char-cpu recipe"):  # bench_shakespeare.py: the whole run
+        return {("recipe", "wall"): [1e3 * report["wall_s"]],
+                ("recipe", "train-loop"): [1e6 / report["train_loop_tokens_per_sec"]]}
     raise SystemExit(f"compare_trees does not know the benchmark {report['benchmark']!r}")
 
 

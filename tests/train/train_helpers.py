@@ -1,6 +1,9 @@
 """Small corpora and configs shared by the training tests."""
 
 import random
+import signal
+import subprocess
+import sys
 
 WORDS = [
     "the", "king", "and", "queen", "of", "shakespeare", "speak", "to", "thee", "my", "lord", "what",
@@ -25,3 +28,16 @@ def tiny(out_dir, source, **overrides) -> dict:
             "model.n_embd": 32, "model.block_size": 16, "batch_size": 4, "max_iters": 8, "eval_interval": 4,
             "eval_iters": 2, "warmup_iters": 2, "log_interval": 2, "sample_tokens": 8, "device": "cpu"}
     return {**base, **overrides}
+
+
+def killed_at_step(verb: str, settings: dict, step: int) -> None:
+    """Run `lmforge.train.<verb>(settings)` in a child process that SIGKILLs itself when step `step` is logged."""
+    child = (
+        "import os, signal\n"
+        f"from lmforge.train import {verb}\n"
+        "def kill(event):\n"
+        f"    if event['event'] == 'step' and event['iter'] == {step}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"{verb}({settings!r}, quiet=True, callback=kill)\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr

@@ -204,9 +204,12 @@ class Run:
                                                                                 cpu_offload=True))
         if not self.main:
             return None
+        from torch.distributed.fsdp import FSDPModule
+
         model = self.task.model
+        plain = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP made a subclass
         with torch.device("meta"):
-            copy = type(model)(model.config)
+            copy = plain(model.config)
         copy.load_state_dict(state, assign=True)
         copy.tie_weights()
         for module in copy.modules():  # non-persistent buffers are still on the meta device
@@ -345,10 +348,12 @@ class Run:
         def evaluate(final: bool = False) -> None:
             nonlocal best, best_iter, since_best, last_eval, last_plot, window_loss, window_steps, window_tokens
             nonlocal train_time
+            began = time.perf_counter()
             model.eval()
             with torch.no_grad(), self.autocast:
                 metrics = task.evaluate(step, final)
             model.train()
+            eval_s = time.perf_counter() - began
             if "train_loss" not in metrics:  # the mean training loss since the last evaluation
                 metrics["train_loss"] = distributed.mean_over_ranks(self.dist, float(window_loss) / window_steps, dev) \
                     if window_steps else last_eval["train_loss"] if last_eval else metrics["val_loss"]
@@ -356,7 +361,7 @@ class Run:
             for split in ("train", "val"):
                 record[f"{split}_ppl"] = math.exp(min(record[f"{split}_loss"], 50))
             record.update(lr=learning_rate(), tokens_per_sec=round(window_tokens / train_time, 1) if train_time else None,
-                          elapsed_s=round(elapsed(), 3), tokens=tokens_seen)
+                          elapsed_s=round(elapsed(), 3), eval_s=round(eval_s, 3), tokens=tokens_seen)
             value = record.get(cfg.best_metric)
             improved = value is not None and (best is None or (value > best if higher_is_better else value < best))
             if improved:

@@ -217,9 +217,6 @@ class RowSession(_Accelerated):
     def context_length(self) -> int:
         return self.model.config.block_size
 
-    def prompt_limit(self, max_new_tokens: int) -> int:
-        return self.context_length - max_new_tokens
-
     def add(self, prompt: list[int], copies: int, max_new_tokens: int, all_logits: bool = False) -> torch.Tensor:
         """Run `prompt` and append `copies` rows that continue it, with room for `max_new_tokens` more
         tokens each. Returns float32 logits: of the next token (1, V), or with `all_logits` of the token

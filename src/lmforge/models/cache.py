@@ -101,10 +101,6 @@ class RowCache:
         self.length = 0
 
     @property
-    def batch_size(self) -> int:
-        return self.rows
-
-    @property
     def capacity(self) -> tuple[int, int]:
         """(rows, positions) the buffers hold."""
         return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)

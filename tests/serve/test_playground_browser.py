@@ -66,7 +66,8 @@ def test_send_a_prompt_and_open_a_tokens_alternatives(browser, live):
     details = browser.find_element(By.ID, "details")
     assert details.is_displayed() and "probability" in details.text
     rows = details.find_elements(By.CSS_SELECTOR, "tbody tr")
-    assert len(rows) == 10 and details.find_elements(By.CSS_SELECTOR, "tr.chosen")  # greedy: the top one
+    # up to ten: the completion API keys alternatives by their text, so tokens that decode alike count once
+    assert 1 < len(rows) <= 10 and details.find_elements(By.CSS_SELECTOR, "tr.chosen")  # greedy: the top one
     if SCREENSHOT:
         browser.save_screenshot(SCREENSHOT)
 

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise LmforgeError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port "
                            "(0 picks a free one)") from None
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     server = Server(load_checkpoint(args), args.model_name or args.model, args.max_batch, args.max_queue,
                     args.max_body)
     host, port = sock.getsockname()[:2]

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -193,6 +194,42 @@ async def faults(server: ServerProcess, model: str, max_tokens: int, clients: in
             "health_after": httpx.get(url + "/health").json()}
 
 
+def one_row(model_dir: str, new_tokens: int = 64, rounds: int = 7) -> dict:
+    """One request decoded alone: `generate` against a DecodingBatch holding only it, alternating, in one process
+    (seconds per token, medians; the same tokens)."""
+    import lmforge
+    from lmforge.generate.api import generate, resolve_config
+    from lmforge.generate.batch import BatchRequest, DecodingBatch
+
+    ckpt = lmforge.load(model_dir)
+    prompt = ckpt.tokenizer.encode(PROMPTS[0])
+    config = resolve_config(ckpt.model, None, ckpt.generation_config, ckpt.tokenizer, max_new_tokens=new_tokens,
+                            ignore_eos=True)
+
+    def batched() -> list[int]:
+        batch, request, tokens = DecodingBatch(ckpt.model, ckpt.tokenizer), BatchRequest(prompt, config), []
+        batch.add(request)
+        while batch.requests:
+            tokens += [e.token for e in batch.step()[request]]
+        return tokens
+
+    def alone() -> list[int]:
+        return generate(ckpt.model, [prompt], config, tokenizer=ckpt.tokenizer,
+                        ignore_eos=True).completions[0][0].token_ids
+
+    times = {"generate": [], "batch": []}
+    same = alone() == batched()
+    for _ in range(rounds):
+        for name, fn in (("generate", alone), ("batch", batched)):
+            began = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - began) / new_tokens)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"new_tokens": new_tokens, "rounds": rounds, "same_tokens": same,
+            "ms_per_token": {name: round(1000 * m, 3) for name, m in medians.items()},
+            "batch_vs_generate": round(medians["batch"] / medians["generate"], 3)}
+
+
 def run_levels(url: str, model: str, levels: list[int], max_tokens: int, lmforge: bool) -> dict:
     out = {"levels": [], "baseline": None}
     for n in levels:
@@ -233,6 +270,8 @@ def main() -> int:
               "python": platform.python_version(), "load_average_before": load_before}
     lmforge_argv = [sys.executable, "-m", "lmforge.cli.main", "serve", model, "--port", "0", "--model-name", "bench",
                     "--max-batch", str(max(levels)), "--max-queue", "1024"]
+    report["one_row"] = one_row(model)
+    print(f"one row: {json.dumps(report['one_row'])}", flush=True)
     print("lmforge serve:", flush=True)
     server = ServerProcess(lmforge_argv)
     try:

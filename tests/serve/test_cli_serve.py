@@ -24,11 +24,18 @@ def lmforge(*argv, **kwargs):
 
 
 def test_sigterm_finishes_the_request_in_flight(folder):
+    from lmforge.tokenizer import Tokenizer
+
+    encode = Tokenizer.from_pretrained(folder).encode
     server = lmforge("serve", str(folder), "--port", "0", "--model-name", "demo", "--shutdown-timeout", "60")
     try:
         line = server.stdout.readline()
         assert line.startswith("serving demo at http://127.0.0.1:"), line + server.stderr.read()
         url = line.split()[3]
+        chat = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+            "model": "demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0})
+        assert chat.headers["x-lmforge-chat-template"] == "default"  # the model has none
+        assert chat.json()["usage"]["prompt_tokens"] == len(encode("user: Hi\nassistant:"))
         body = {"model": "demo", "prompt": "The", "max_tokens": 40, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
             lines = response.iter_lines()

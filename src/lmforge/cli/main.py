@@ -21,6 +21,7 @@ VERBS = {
     "evaluate": ("evaluate", "generate for a data set and score it with ROUGE, BLEU, chrF"),
     "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype)"),
     "info": ("info", "describe a checkpoint folder or Hub model: family, size, context, vocabulary, dtype"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API, with a playground page"),
     "download": ("download", "fetch a Hub model or data set into the cache ahead of time and print its path"),
     "demo": ("demo", "train a small GPT offline, compare decoding strategies, write a report"),
 }

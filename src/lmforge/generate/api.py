@@ -23,7 +23,7 @@ from lmforge.generate.diverse import contrastive_search, group_beam_search
 from lmforge.generate.processors import GenerationConfig, resolve_lengths
 from lmforge.generate.search import SearchOutput, StoppingCriteria, beam_search, greedy_or_sample, token_steps
 from lmforge.generate.session import DecodingSession, open_session
-from lmforge.generate.stopping import truncate_at_stop_string
+from lmforge.generate.stopping import release_text, truncate_at_stop_string
 from lmforge.generate.streaming import IncrementalDecoder
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor | None
@@ -301,27 +301,15 @@ def stream(model, prompt: str | Sequence[int] | None = None, generation_config: 
                             _generator(seed, prep.logits.device))
         for tokens, _, _ in steps:
             held += decoder.push(int(tokens[0]))
-            text, stopped = _release(held, stops)
+            text, stopped = release_text(held, stops)
             if text:
                 yield text
             held = held[len(text):]
             if stopped:
                 return
-        text, _ = _release(held + decoder.flush(), stops, final=True)
+        text, _ = release_text(held + decoder.flush(), stops, final=True)
         if text:
             yield text
-
-
-def _release(held: str, stops: list[str], final: bool = False) -> tuple[str, bool]:
-    """(text safe to emit, whether a stop string was reached): everything before the earliest stop
-    string; otherwise all but the longest tail that could still begin one."""
-    cut = truncate_at_stop_string(held, stops) if stops else held
-    if len(cut) < len(held):
-        return cut, True
-    if final or not stops:
-        return held, False
-    keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])), default=0)
-    return held[:len(held) - keep], False
 
 
 class Generator:

@@ -241,6 +241,36 @@ class NoBadWordsLogitsProcessor:
         return scores.masked_fill(banned[:, :vocab_size], -math.inf)
 
 
+class FrequencyPresencePenaltyLogitsProcessor:
+    """OpenAI's additive penalties on the tokens generated so far (after the first ``prompt_length`` of
+    ``input_ids``): ``frequency_penalty`` times the token's count plus ``presence_penalty`` if it occurs."""
+
+    def __init__(self, prompt_length: int, frequency_penalty: float = 0.0, presence_penalty: float = 0.0):
+        self.prompt_length = prompt_length
+        self.frequency, self.presence = float(frequency_penalty), float(presence_penalty)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]
+        vocab_size = scores.shape[-1]
+        counts = torch.zeros(scores.shape[0], vocab_size + 1, dtype=scores.dtype, device=scores.device)
+        counts.scatter_add_(1, generated.clamp(max=vocab_size), torch.ones_like(generated, dtype=scores.dtype))
+        counts = counts[:, :vocab_size]
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class LogitBiasLogitsProcessor:
+    """Add a fixed bias to chosen token ids (OpenAI's ``logit_bias``: -100 bans a token, 100 forces it)."""
+
+    def __init__(self, bias: dict[int, float]):
+        self.ids = torch.tensor(list(bias), dtype=torch.long)
+        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bias = torch.zeros(scores.shape[-1], dtype=scores.dtype, device=scores.device)
+        bias[self.ids.to(scores.device)] = self.values.to(device=scores.device, dtype=scores.dtype)
+        return scores + bias
+
+
 class MinLengthLogitsProcessor:
     """Forbid the EOS id(s) while the whole sequence (prompt included) is shorter than ``min_length``."""
 

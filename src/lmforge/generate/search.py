@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmforge.generate.processors import GenerationConfig, apply_processors, build_processors
+from lmforge.generate.processors import GenerationConfig, LogitsProcessor, apply_processors, build_processors
 from lmforge.generate.session import DecodingSession
 from lmforge.generate.stopping import StopStrings
 
@@ -71,6 +71,17 @@ def expand_rows(session: DecodingSession, logits: torch.Tensor, n: int) -> torch
     return logits.index_select(0, index)
 
 
+def choose_tokens(processors: Sequence[LogitsProcessor], warpers: Sequence[LogitsProcessor], ids: torch.Tensor,
+                  logits: torch.Tensor, do_sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of every row (N,): the argmax of the processed logits, or a sample from the processed
+    and warped distribution. `ids` (N, length) are the sequences so far, `logits` (N, V) the model's."""
+    scores = apply_processors(processors, ids, logits)
+    if not do_sample:
+        return scores.argmax(-1)
+    probs = apply_processors(warpers, ids, scores).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
 def token_steps(session: DecodingSession, logits: torch.Tensor, config: GenerationConfig,
                 stopping: StoppingCriteria, pad_token_id: int,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -89,13 +100,7 @@ def token_steps(session: DecodingSession, logits: torch.Tensor, config: Generati
     active = torch.ones(N, dtype=torch.bool, device=logits.device)
     n_active = N
     for t in range(stopping.max_new_tokens):
-        ids = seqs[:, :P + t]
-        scores = apply_processors(processors, ids, logits)
-        if config.do_sample:
-            probs = apply_processors(warpers, ids, scores).softmax(-1)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            tokens = scores.argmax(-1)
+        tokens = choose_tokens(processors, warpers, seqs[:, :P + t], logits, config.do_sample, generator)
         if n_active < N:
             tokens = torch.where(active, tokens, pad_token_id)
         seqs[:, P + t] = tokens

@@ -191,6 +191,82 @@ class DecoderOnlySession(_Accelerated):
             self.hidden = self.hidden.index_select(0, index)
 
 
+class RowSession(_Accelerated):
+    """A decoder-only model decoding rows that join and leave between steps: continuous batching.
+
+    Unlike a DecodingSession, whose rows start together from one left-padded batch, a row here joins at any
+    time with its own prompt (`add`: the prompt runs alone, into the row's part of a RowCache), every `step`
+    feeds one token to each row at that row's own position, and rows leave by `remove`. Nothing is padded:
+    a row's keys/values start at position 0, its position ids are its own token count, and a step's
+    attention hides what lies beyond each row's own length. A row that runs alone therefore computes exactly
+    what a one-row `DecoderOnlySession` computes for the same prompt; among other rows its logits differ
+    only by float rounding in the batched products.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        if getattr(model, "is_encoder_decoder", False):
+            raise LmforgeError("continuous batching is implemented for decoder-only models only")
+        self.model = model
+        self.cache = model.new_row_cache(attend=decoding_attention)
+
+    @property
+    def batch_size(self) -> int:
+        return self.cache.rows
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.block_size
+
+    def add(self, prompt: list[int], copies: int, max_new_tokens: int, all_logits: bool = False) -> torch.Tensor:
+        """Run `prompt` and append `copies` rows that continue it, with room for `max_new_tokens` more
+        tokens each. Returns float32 logits: of the next token (1, V), or with `all_logits` of the token
+        after every prompt position (P, V)."""
+        P = len(prompt)
+        if P == 0:
+            raise LmforgeError("the prompt is empty; give at least one token (e.g. the BOS token)")
+        if P + max_new_tokens > self.context_length:
+            raise LmforgeError(f"the prompt ({P} tokens) plus max_new_tokens ({max_new_tokens}) is longer than "
+                               f"the model's context ({self.context_length} tokens)")
+        first = self.cache.rows
+        self.cache.reserve(first + copies, P + max_new_tokens)
+        device = self.model.lm_head.weight.device
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        positions = torch.arange(P, device=device)[None]
+        h = self.model.hidden_states(ids, position_ids=positions, cache=self.cache.row_cache(first))
+        self.cache.lengths[first] = P
+        for row in range(first + 1, first + copies):
+            self.cache.copy_row(first, row)
+        self.cache.set_rows(first + copies, self.cache.lengths[:first + copies])
+        return self.model.lm_head(h[0] if all_logits else h[:, -1]).float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (rows,); logits (rows, V) of each row's next token."""
+        cache = self.cache
+        positions = cache.lengths[:cache.rows, None].clone()
+        model = self._step_model(cache.rows)
+        h = model.hidden_states(tokens.view(-1, 1), attention_mask=cache.step_mask(), position_ids=positions,
+                                cache=cache)
+        return model.lm_head(h[:, -1]).float()
+
+    def remove(self, rows: list[int]) -> list[int]:
+        """Drop rows; the rows kept move into the freed places (only rows that must move are copied).
+        Returns, for each row now in use, the index it had before."""
+        gone = set(rows)
+        kept = [r for r in range(self.cache.rows) if r not in gone]
+        order = list(range(len(kept)))
+        holes = [r for r in range(len(kept)) if r in gone]
+        movers = [r for r in kept if r >= len(kept)]
+        for hole, mover in zip(holes, movers):
+            self.cache.copy_row(mover, hole)
+            order[hole] = mover
+        self.cache.set_rows(len(kept), self.cache.lengths[:len(kept)].clone())
+        return order
+
+    def close(self) -> None:
+        super().close()
+        self.cache = self.model.new_row_cache(attend=decoding_attention)
+
+
 def open_session(model: torch.nn.Module, output_hidden: bool = False,
                  decoder_start_token_id: int | None = None, compile: bool = False) -> DecodingSession:
     """The session for `model`'s kind. `decoder_start_token_id` (encoder-decoders only) overrides the

@@ -79,3 +79,15 @@ def truncate_at_stop_string(text: str, stop_strings: str | Sequence[str], includ
         return text
     end, start = best
     return text[:end] if include_stop else text[:start]
+
+
+def release_text(held: str, stops: list[str], final: bool = False) -> tuple[str, bool]:
+    """(text safe to emit, whether a stop string was reached): everything before the earliest stop
+    string; otherwise all but the longest tail that could still begin one."""
+    cut = truncate_at_stop_string(held, stops) if stops else held
+    if len(cut) < len(held):
+        return cut, True
+    if final or not stops:
+        return held, False
+    keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])), default=0)
+    return held[:len(held) - keep], False

@@ -31,7 +31,7 @@ from lmforge.errors import LmforgeError
 DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHT_SETS = (("model.safetensors",), ("model.safetensors.index.json",), ("pytorch_model.bin",),
                ("pytorch_model.bin.index.json",))
-TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 MODEL_EXTRAS = ("generation_config.json", *TOKENIZER_EXTRAS)
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -35,6 +35,14 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    @classmethod
+    def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor], attend: Attend = attention) -> KVCache:
+        """An empty cache that writes into given buffers (views of another cache's, for instance)."""
+        cache = cls.__new__(cls)
+        cache.attend, cache.keys, cache.values, cache.spares = attend, keys, values, {}
+        cache.length, cache.max_len = 0, keys[0].shape[2]
+        return cache
+
     @property
     def batch_size(self) -> int:
         return self.keys[0].shape[0]
@@ -69,6 +77,92 @@ class KVCache:
             torch.index_select(src.narrow(2, 0, self.length), 0, index, out=dst.narrow(2, 0, self.length))
         self.spares[self.batch_size] = (self.keys, self.values)
         self.keys, self.values = new
+
+
+class RowCache:
+    """Keys and values of rows that started at different times (continuous batching): row r holds its own
+    `lengths[r]` positions, from position 0 on, and a decoding step writes each row's new key/value at that
+    row's own length. Buffers are (row_capacity, kv_heads, max_len, head_dim) per layer, of which the first
+    `rows` rows are in use; they grow on demand (`reserve`).
+
+    `length` is the longest row's length: a step's attention reads that many positions (plus the new one) of
+    every row, under a mask that hides what lies past each row's own length (see `step_mask`).
+    """
+
+    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, attend: Attend = attention):
+        self.attend = attend
+        self.shape = (n_layer, n_kv_head, head_dim)
+        self.device, self.dtype = device, dtype
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths = torch.zeros(0, dtype=torch.long, device=device)
+        self.rows = 0
+        self.length = 0
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """(rows, positions) the buffers hold."""
+        return (self.keys[0].shape[0], self.keys[0].shape[2]) if self.keys else (0, 0)
+
+    def reserve(self, rows: int, positions: int) -> None:
+        """Make room for `rows` rows of `positions` positions each, keeping what is written (the buffers are
+        reallocated at twice the rows they need, at the positions asked)."""
+        have_rows, have_positions = self.capacity
+        if rows <= have_rows and positions <= have_positions:
+            return
+        new_rows = max(have_rows, 2 * rows if rows > have_rows else rows)
+        new_positions = max(have_positions, positions)
+        n_layer, heads, dim = self.shape
+        shape = (new_rows, heads, new_positions, dim)
+        keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(n_layer)]
+        values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(n_layer)]
+        for old, new in zip(self.keys + self.values, keys + values):
+            new[:self.rows, :, :self.length].copy_(old[:self.rows, :, :self.length])
+        lengths = torch.zeros(new_rows, dtype=torch.long, device=self.device)
+        lengths[:self.rows] = self.lengths[:self.rows]
+        self.keys, self.values, self.lengths = keys, values, lengths
+
+    def row_cache(self, row: int) -> KVCache:
+        """A one-row KVCache writing into row `row` from position 0 (to run a new row's prompt)."""
+        return KVCache.over([k[row:row + 1] for k in self.keys], [v[row:row + 1] for v in self.values], self.attend)
+
+    def set_rows(self, rows: int, lengths: torch.Tensor) -> None:
+        """Declare the first `rows` rows in use, with these lengths."""
+        self.rows = rows
+        self.lengths[:rows] = lengths
+        self.length = int(lengths.max()) if rows else 0
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Copy row `source`'s written positions into row `target`."""
+        n = int(self.lengths[source])
+        for buffer in self.keys + self.values:
+            buffer[target, :, :n].copy_(buffer[source, :, :n])
+        self.lengths[target] = n
+
+    def step_mask(self) -> torch.Tensor | None:
+        """The attention mask (rows, 1, 1, length + 1) of a step of one new token per row: each row sees its
+        own positions and the new one; None when every row has the same length (nothing to hide)."""
+        lengths = self.lengths[:self.rows]
+        if self.rows <= 1 or bool((lengths == self.length).all()):
+            return None
+        return (torch.arange(self.length + 1, device=lengths.device) <= lengths[:, None])[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one new key/value per row (k, v: (rows, heads, 1, dim)) at the row's own length; return the
+        first `length + 1` positions of every row."""
+        if k.shape[2] != 1:
+            raise ValueError("a RowCache step takes one new token per row; run a prompt through row_cache")
+        rows = torch.arange(self.rows, device=k.device)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[rows, :, self.lengths[:self.rows]] = k[:, :, 0]
+        values[rows, :, self.lengths[:self.rows]] = v[:, :, 0]
+        end = self.length + 1
+        return keys[:self.rows, :, :end], values[:self.rows, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.lengths[:self.rows] += n
+        self.length = int(self.lengths[:self.rows].max())
 
 
 class EncDecCache:

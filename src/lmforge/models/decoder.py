@@ -12,7 +12,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.cache import Attend, KVCache
+from lmforge.models.cache import Attend, KVCache, RowCache
 from lmforge.models.layers import (
     MLP,
     RotaryEmbedding,
@@ -112,6 +112,11 @@ class DecoderLM(nn.Module):
         p = self.wte.weight
         c = self.config
         return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, p.device, p.dtype, attend)
+
+    def new_row_cache(self, attend: Attend = attention) -> RowCache:
+        p = self.wte.weight
+        c = self.config
+        return RowCache(c.n_layer, c.n_kv_head, c.head_dim, p.device, p.dtype, attend)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from lmforge.cli.main import main
 DOC = Path(__file__).resolve().parent.parent / "docs" / "lecture.md"
 FAST = {"--max_iters": "2", "--eval_interval": "1", "--eval_iters": "1", "--gen_interval": "2",
         "--gen_examples": "2", "--limit": "3", "--warmup_iters": "1"}
-NEEDS = {"adapters": "the adapters issue (LoRA)", "quantization": "the quantization issue (8-bit base)"}
+NEEDS = {"quantization": "the quantization issue (8-bit base)"}
 
 
 def blocks() -> list[tuple[str, str, list[str]]]:
@@ -95,6 +95,6 @@ def test_the_doc_has_the_lecture_names_and_marks_exactly_the_missing_features():
                  "Abirate/english_quotes", "knkarthick/samsum"):
         assert name in text
     marked = [(name, needs) for name, _, needs in blocks() if needs]
-    assert [needs for _, needs in marked] == [["adapters", "quantization"], ["adapters"]]
+    assert [needs for _, needs in marked] == [["quantization"]]
     for _, block, needs in blocks():
-        assert ("--lora" in block or "--load_in_8bit" in block) == bool(needs)
+        assert ("--load_in_8bit" in block) == bool(needs)

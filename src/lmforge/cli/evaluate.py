@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise LmforgeError("give either --template or --templates, not both")
     if args.limit is not None and args.limit < 1:
         raise LmforgeError(f"--limit must be at least 1, not {args.limit}")
-    trained = run_settings(args.model)
+    trained = run_settings(args.adapter or args.model)
     templates = read_templates(args.templates) if args.templates else None
     template = args.template if args.template is not None else trained.get("template")
     pairs = load_pairs(args.data, args.split, args.source_field or trained.get("source_field"),

@@ -19,5 +19,6 @@ def run(args: argparse.Namespace) -> int:
     value = "n/a" if result.best_value is None else f"{result.best_value:.4f}"
     print(f"best {result.best_metric} {value} at iter {result.best_iter}: {result.best_dir}")
     print(f"metrics: {result.run_dir / 'metrics.jsonl'}, loss curve: {result.run_dir / 'loss.png'}")
-    print(f"evaluate with: lmforge evaluate {result.best_dir} --data {config.data.val}")
+    model = f"{config.init_from} --adapter {result.best_dir}" if config.adapter.enabled else result.best_dir
+    print(f"evaluate with: lmforge evaluate {model} --data {config.data.val}")
     return 130 if result.stopped == "interrupted" else 0

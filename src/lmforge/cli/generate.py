@@ -32,6 +32,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="model folder (Hugging Face or lmforge) or Hub name (gpt2, facebook/opt-125m@main)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a PEFT adapter folder (LoRA, prefix or prompt tuning) to apply to MODEL, e.g. the best/ "
+                             "checkpoint of a run with adapter.method")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +90,7 @@ def read_text_file(path: str, what: str) -> str:
 def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     import lmforge
 
-    ckpt = lmforge.load(args.model, device=args.device)
+    ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter)
     if need_tokenizer and ckpt.tokenizer is None:
         raise LmforgeError(f"{args.model} has no tokenizer (tokenizer.json or vocab.json); save one in the folder")
     return ckpt

@@ -20,6 +20,7 @@ VERBS = {
     "decode-compare": ("decode_compare", "compare decoding strategies on the same prompts, with a report"),
     "evaluate": ("evaluate", "generate for a data set and score it with ROUGE, BLEU, chrF"),
     "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype)"),
+    "merge": ("merge", "fold a LoRA adapter into its base model and write a plain model folder"),
     "info": ("info", "describe a checkpoint folder or Hub model: family, size, context, vocabulary, dtype"),
     "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API, with a playground page"),
     "download": ("download", "fetch a Hub model or data set into the cache ahead of time and print its path"),

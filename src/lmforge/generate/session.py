@@ -122,14 +122,21 @@ class DecoderOnlySession(_Accelerated):
         self.compiled = compile
         self.hidden: torch.Tensor | None = None
         self.cache = None
-        self.mask: torch.Tensor | None = None  # (B, capacity) 1 for real tokens, filled up to cache.length
+        self.mask: torch.Tensor | None = None  # (B, virtual + capacity) 1 for real tokens, filled up to cache.length
         self.positions: torch.Tensor | None = None  # (B, 1) position id of the last token fed
         self.padded = False
         self.steps: CompiledSteps | None = None
 
     @property
+    def virtual(self) -> int:
+        """Positions the model's caches start with (its virtual tokens: prefix or prompt tuning)."""
+        virtual = self.model.virtual_tokens
+        return virtual.length if virtual is not None else 0
+
+    @property
     def context_length(self) -> int:
-        return self.model.config.block_size
+        """The positions a prompt and its continuation may take: the model's context less the virtual tokens'."""
+        return self.model.config.block_size - self.virtual
 
     def prompt_limit(self, max_new_tokens: int) -> int | None:
         return self.context_length - max_new_tokens
@@ -156,11 +163,12 @@ class DecoderOnlySession(_Accelerated):
         self.prefix_ids, self.prefix_mask = input_ids, attention_mask
         if self.compiled:  # a few spare slots: nearby lengths give the same buffer shapes
             capacity = min(-(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP, self.context_length)
-        self.mask = torch.ones(B, capacity, dtype=torch.long, device=device)
-        self.mask[:, :T] = attention_mask
+        virtual = self.virtual  # cached positions before the prompt's, visible to every row
+        self.mask = torch.ones(B, virtual + capacity, dtype=torch.long, device=device)
+        self.mask[:, virtual:virtual + T] = attention_mask
         self.cache = self.model.new_cache(B, capacity, attend=decoding_attention)
         self.steps = CompiledSteps() if self.compiled else None
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) + virtual
         self.positions = positions[:, -1:]
         return self._forward(input_ids, positions.masked_fill(attention_mask == 0, 1), self.model)
 
@@ -306,8 +314,14 @@ class Seq2SeqSession(_Accelerated):
         c = self.model.config
         return c.max_position_embeddings if c.position == "learned" else None
 
+    def _virtual(self) -> tuple[int, int]:
+        """(source, decoder) positions the model's virtual tokens take (prompt or prefix tuning)."""
+        virtual = self.model.virtual_tokens
+        return (virtual.source_length, virtual.length) if virtual is not None else (0, 0)
+
     def prompt_limit(self, max_new_tokens: int) -> int | None:
-        return self._positions()
+        limit = self._positions()
+        return None if limit is None else limit - self._virtual()[0]
 
     @property
     def batch_size(self) -> int:
@@ -318,10 +332,11 @@ class Seq2SeqSession(_Accelerated):
         B, S = input_ids.shape
         if S == 0:
             raise LmforgeError("the input is empty; give at least one token to encode")
-        limit = self._positions()
-        if limit is not None and max(S, 1 + max_new_tokens) > limit:
+        limit, (source_virtual, decoder_virtual) = self._positions(), self._virtual()
+        if limit is not None and max(S + source_virtual, 1 + max_new_tokens + decoder_virtual) > limit:
             raise LmforgeError(f"the input ({S} tokens) or 1 + max_new_tokens ({1 + max_new_tokens}) is longer than "
-                               f"the model's positions ({limit}); shorten the input or lower max_new_tokens")
+                               f"the model's positions ({limit}, of which the adapter's virtual tokens take "
+                               f"{max(source_virtual, decoder_virtual)}); shorten the input or lower max_new_tokens")
         device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones(B, S, dtype=torch.long, device=device)
@@ -330,6 +345,7 @@ class Seq2SeqSession(_Accelerated):
         input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         self.encoder_mask = None if bool(attention_mask.all()) else attention_mask
         encoder_hidden = self.model.encode(input_ids, self.encoder_mask)
+        self.encoder_mask = self.model.encoder_mask(self.encoder_mask)  # with virtual source tokens in front
         self.prefix_ids = torch.full((B, 1), self.start_token, dtype=torch.long, device=device)
         self.prefix_mask = torch.ones(B, 1, dtype=torch.long, device=device)
         self.cache = self.model.new_cache(B, 1 + max_new_tokens, attend=decoding_attention)

@@ -50,6 +50,11 @@ def read_config(folder: str | os.PathLike) -> dict:
     if not folder.is_dir():
         raise LmforgeError(f"model folder {folder} does not exist")
     path = folder / "config.json"
+    if not path.is_file() and (folder / "adapter_config.json").is_file():
+        base = read_json(folder / "adapter_config.json").get("base_model_name_or_path") or "its base model"
+        raise LmforgeError(f"{folder} is an adapter folder (adapter_config.json), not a model; load its base model "
+                           f"({base}) with the adapter: --adapter {folder} on the command line, "
+                           f"lmforge.load(BASE, adapter=...) in Python")
     if not path.is_file():
         raise LmforgeError(f"{folder} has no config.json; give a Hugging Face or lmforge model folder")
     hf = read_json(path)
@@ -192,12 +197,16 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     tokenizer = None
     if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         tokenizer = Tokenizer.from_pretrained(folder)
-    gen_path = folder / "generation_config.json"
-    generation_config = read_json(gen_path) if gen_path.is_file() else {}
-    # transformers' bookkeeping (transformers_version, _from_model_config) is not a generation parameter
-    generation_config = {k: v for k, v in generation_config.items() if k != "transformers_version" and k[:1] != "_"}
     stored_name = {v: k for k, v in DTYPES.items()}.get(stored, str(stored))
-    return Checkpoint(model, tokenizer, generation_config, folder, stored_name)
+    return Checkpoint(model, tokenizer, read_generation_config(folder), folder, stored_name)
+
+
+def read_generation_config(folder: Path) -> dict:
+    """A folder's generation_config.json ({} without one), less transformers' bookkeeping (transformers_version,
+    _from_model_config), which is not a generation parameter."""
+    path = folder / "generation_config.json"
+    config = read_json(path) if path.is_file() else {}
+    return {k: v for k, v in config.items() if k != "transformers_version" and k[:1] != "_"}
 
 
 def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=None,

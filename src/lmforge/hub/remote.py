@@ -32,6 +32,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHT_SETS = (("model.safetensors",), ("model.safetensors.index.json",), ("pytorch_model.bin",),
                ("pytorch_model.bin.index.json",))
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_EXTRAS = ("generation_config.json", *TOKENIZER_EXTRAS)
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -153,10 +154,14 @@ class Repo:
 # ---- which files a model needs ------------------------------------------------------------------
 
 def missing_files(repo: Repo, commit: str, need: str) -> list[str]:
-    """What a cached snapshot lacks for `need` ('model' or 'tokenizer'); [] when it is complete."""
+    """What a cached snapshot lacks for `need` ('model', 'tokenizer' or 'adapter'); [] when it is complete."""
     def state(filename: str) -> str:
         return repo.state(commit, filename)
 
+    if need == "adapter":
+        weights = any(state(f) == "present" for f in ADAPTER_WEIGHTS)
+        return [f for f, ok in (("adapter_config.json", state("adapter_config.json") == "present"),
+                                ("weights", weights)) if not ok]
     missing = []
     if need == "model":
         if state("config.json") != "present":
@@ -192,7 +197,16 @@ def shards(index: Path) -> list[str]:
 def choose_files(repo: Repo, files: set[str], need: str) -> tuple[list[str], list[str]]:
     """(files to fetch, optional files the repository lacks) for `need`, from the repository's file list."""
     wanted: list[str] = []
+    if need == "adapter":
+        weights = next((w for w in ADAPTER_WEIGHTS if w in files), None)
+        if "adapter_config.json" not in files or weights is None:
+            raise LmforgeError(f"the {repo.label} has no adapter_config.json and adapter weights, so it is not a PEFT "
+                               f"adapter repository; its files: {', '.join(sorted(files)[:12]) or 'none'}")
+        return ["adapter_config.json", weights], []
     if need == "model":
+        if "config.json" not in files and "adapter_config.json" in files:
+            raise LmforgeError(f"the {repo.label} is a PEFT adapter (adapter_config.json), not a model; load its base "
+                               f"model with the adapter: --adapter {repo.id} on the command line")
         if "config.json" not in files:
             raise LmforgeError(f"the {repo.label} has no config.json, so it is not a transformers model repository; "
                                f"its files: {', '.join(sorted(files)[:12]) or 'none'}")
@@ -215,9 +229,9 @@ def choose_files(repo: Repo, files: set[str], need: str) -> tuple[list[str], lis
 # ---- resolving and fetching -----------------------------------------------------------------------
 
 def resolve_model(name: str | os.PathLike, need: str = "model") -> Path:
-    """The folder of a model (`need='model'`) or of a tokenizer (`need='tokenizer'`): a local path as it is,
-    else a Hub name resolved in the cache and downloaded when the cache does not hold what is needed."""
-    local = local_or_name(name, "model folder" if need == "model" else "tokenizer folder")
+    """The folder of a model (`need='model'`), a tokenizer (`'tokenizer'`) or a PEFT adapter (`'adapter'`): a local
+    path as it is, else a Hub name resolved in the cache and downloaded when the cache does not hold what is needed."""
+    local = local_or_name(name, f"{need} folder" if need != "model" else "model folder")
     if local is not None:
         return local
     repo = Repo(*split_name(str(name)))

@@ -8,12 +8,25 @@ keys/values and then `cache.attend`: plain SDPA by default; a decoding session p
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from lmforge.models.layers import attention
 
 Attend = Callable[..., torch.Tensor]  # (q, k, v, mask, is_causal, dropout, scale) -> output, as layers.attention
+Cache = TypeVar("Cache")
+
+
+def with_virtual_tokens(model, make: Callable[[int], Cache], max_len: int) -> Cache:
+    """A new cache, `make(capacity)`, with room for `max_len` positions after the virtual tokens of `model`
+    (prefix or prompt tuning: adapt/prefix.py), which it holds already: its `length` is their number."""
+    virtual = model.virtual_tokens
+    if virtual is None:
+        return make(max_len)
+    cache = make(max_len + virtual.length)
+    virtual.prefill(model, cache)
+    return cache
 
 
 class KVCache:
@@ -204,3 +217,27 @@ class EncDecCache:
         self.self_attn.reorder(index)
         self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
                       for kv in self.cross]
+
+
+class GrowingCache:
+    """A cache that grows by concatenation, with autograd: what a forward pass without a cache attends to when a
+    model has virtual tokens (adapt/prefix.py). It starts with the virtual tokens' keys/values of each layer,
+    (batch, kv_heads, length, head_dim) or None, and `update` appends the new ones; gradients reach both.
+    `cross` serves an encoder-decoder's cross-attention as in `EncDecCache`."""
+
+    def __init__(self, keys_values: list[tuple[torch.Tensor, torch.Tensor] | None], attend: Attend = attention):
+        self.keys_values = list(keys_values)
+        self.length = next((k.shape[2] for k, _ in filter(None, self.keys_values)), 0)
+        self.attend = attend
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.keys_values)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        held = self.keys_values[layer]
+        if held is not None:
+            k, v = torch.cat((held[0].expand(k.shape[0], -1, -1, -1), k), dim=2), \
+                torch.cat((held[1].expand(v.shape[0], -1, -1, -1), v), dim=2)
+        self.keys_values[layer] = (k, v)
+        return k, v
+
+    def advance(self, n: int) -> None:
+        self.length += n

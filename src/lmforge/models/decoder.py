@@ -12,7 +12,7 @@ from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.cache import Attend, KVCache, RowCache
+from lmforge.models.cache import Attend, KVCache, RowCache, with_virtual_tokens
 from lmforge.models.layers import (
     MLP,
     RotaryEmbedding,
@@ -87,6 +87,7 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.virtual_tokens = None  # positions every sequence starts with (prefix or prompt tuning: adapt/prefix.py)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -109,33 +110,44 @@ class DecoderLM(nn.Module):
         return n
 
     def new_cache(self, batch: int, max_len: int, attend: Attend = attention) -> KVCache:
+        """An empty cache with room for `max_len` positions (after the virtual tokens, which it holds, if any)."""
         p = self.wte.weight
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, p.device, p.dtype, attend)
+        return with_virtual_tokens(self, lambda capacity: KVCache(c.n_layer, batch, c.n_kv_head, capacity, c.head_dim,
+                                                                  p.device, p.dtype, attend), max_len)
 
     def new_row_cache(self, attend: Attend = attention) -> RowCache:
+        if self.virtual_tokens is not None:
+            raise LmforgeError("continuous batching does not hold prefix or prompt-tuning tokens yet; merge a LoRA "
+                               "adapter instead, or generate without the server")
         p = self.wte.weight
         c = self.config
         return RowCache(c.n_layer, c.n_kv_head, c.head_dim, p.device, p.dtype, attend)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Final normed hidden states (B, T, n_embd) of the new tokens `input_ids`.
+    def hidden_states(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normed hidden states (B, T, n_embd) of the new tokens `input_ids` (or of the embeddings
+        `inputs_embeds`, (B, T, n_embd), in their place).
 
         `attention_mask` (B, past + T) marks real tokens with 1 and left padding with 0, as in
         transformers; position ids then skip the padding. It may also be a ready boolean mask
         (B, 1, T, past + T), True where a query may attend to a key: `past` is then read from its size
         and `position_ids` default to past, past + 1, ... With a `cache`, the new keys and values are
-        appended to it.
+        appended to it. Without one, a model with virtual tokens attends to them first (`past` is their
+        number; a (B, T) `attention_mask` need not cover them).
         """
         cfg = self.config
-        B, T = input_ids.shape
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        (B, T), device = tokens.shape[:2], tokens.device
+        if cache is None and self.virtual_tokens is not None:
+            cache, attention_mask = self.virtual_tokens.cache(self, B, attention_mask)
         if attention_mask is not None and attention_mask.dim() == 4:  # ready: (B, 1, T, past + T)
             past, padding = attention_mask.shape[-1] - T, None
             mask, is_causal = attention_mask, False
         else:
             past, padding = (cache.length if cache is not None else 0), attention_mask
-            mask, is_causal = causal_padding_mask(attention_mask, past, T, input_ids.device)
+            mask, is_causal = causal_padding_mask(attention_mask, past, T, device)
         total = past + T
         if total > cfg.block_size:
             raise LmforgeError(f"the sequence ({total} tokens) is longer than the model's context "
@@ -144,17 +156,17 @@ class DecoderLM(nn.Module):
             raise LmforgeError(f"the sequence ({total} tokens) exceeds the sliding window "
                                f"({cfg.sliding_window}); sliding-window attention is not supported")
         if position_ids is None:
-            position_ids = positions_from_mask(padding, past, T, input_ids.device)
-        x, rope = self._embed(input_ids, position_ids)
+            position_ids = positions_from_mask(padding, past, T, device)
+        x, rope = self._embed(input_ids, position_ids, inputs_embeds)
         for block in self.blocks:
             x = block(x, mask, is_causal, rope, cache)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
 
-    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
+    def _embed(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor, inputs_embeds: torch.Tensor | None):
         """Token (+ learned position) embeddings, and the rotary (cos, sin) for rotary models (else None)."""
-        x = self.wte(input_ids)
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids + self.config.position_offset)

@@ -23,7 +23,7 @@ from torch import nn
 
 from lmforge.config import EncDecConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.cache import Attend, EncDecCache
+from lmforge.models.cache import Attend, EncDecCache, with_virtual_tokens
 from lmforge.models.layers import MLP, attention, causal_padding_mask, init_gpt2_style, make_norm
 
 
@@ -191,6 +191,8 @@ class EncoderDecoderLM(nn.Module):
         self.decoder = Stack(cfg, decoder=True)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.register_buffer("final_logits_bias", torch.zeros(1, cfg.vocab_size) if cfg.final_logits_bias else None)
+        # positions every source or decoder sequence starts with (prompt or prefix tuning: adapt/prefix.py)
+        self.virtual_tokens = None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -228,17 +230,30 @@ class EncoderDecoderLM(nn.Module):
         return n
 
     def new_cache(self, batch: int, max_len: int, attend: Attend = attention) -> EncDecCache:
-        """An empty decoder cache for `batch` sequences of up to `max_len` decoder tokens."""
+        """An empty decoder cache for `batch` sequences of up to `max_len` decoder tokens (after the virtual decoder
+        tokens, which it holds, if any)."""
         c, p = self.config, self.shared.weight
-        return EncDecCache(c.n_decoder_layer, batch, c.n_head, max_len, c.head_dim, p.device, p.dtype, attend)
+        return with_virtual_tokens(self, lambda capacity: EncDecCache(c.n_decoder_layer, batch, c.n_head, capacity,
+                                                                      c.head_dim, p.device, p.dtype, attend), max_len)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.shared(ids)
         return x * math.sqrt(self.config.d_model) if self.config.scale_embedding else x
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder hidden states (B, S, d_model); `attention_mask` marks real tokens with 1 (right padding)."""
-        return self.encoder(self.embed(input_ids), padding_mask(attention_mask), is_causal=False)
+        """Encoder hidden states (B, S, d_model); `attention_mask` marks real tokens with 1 (right padding). Virtual
+        source tokens come first (S counts them): the encoder mask of later calls is the one
+        `encoder_mask(attention_mask)` returns."""
+        x = self.embed(input_ids)
+        if self.virtual_tokens is not None:
+            x, attention_mask = self.virtual_tokens.encoder_input(x, attention_mask)
+        return self.encoder(x, padding_mask(attention_mask), is_causal=False)
+
+    def encoder_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask of the encoder's output for a source mask: with virtual source tokens, theirs in front."""
+        if self.virtual_tokens is None or attention_mask is None:
+            return attention_mask
+        return self.virtual_tokens.encoder_input(None, attention_mask)[1]
 
     def decoder_hidden_states(self, decoder_input_ids: torch.Tensor, encoder_hidden: torch.Tensor | None,
                               encoder_mask: torch.Tensor | None = None,
@@ -252,7 +267,9 @@ class EncoderDecoderLM(nn.Module):
         computed from `encoder_hidden` on the first call and reused afterwards (`encoder_hidden`
         may then be None); `encoder_mask` must be passed on every call.
         """
-        T = decoder_input_ids.shape[1]
+        B, T = decoder_input_ids.shape
+        if cache is None and self.virtual_tokens is not None:
+            cache, decoder_attention_mask = self.virtual_tokens.cache(self, B, decoder_attention_mask)
         past = cache.length if cache is not None else 0
         if encoder_hidden is None and (cache is None or cache.cross[0] is None):
             raise ValueError("decoding needs encoder_hidden unless the cache holds the cross-attention keys/values")
@@ -281,7 +298,7 @@ class EncoderDecoderLM(nn.Module):
                 decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) of every decoder position (teacher forcing)."""
         encoder_hidden = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask)
+        return self.decode(decoder_input_ids, encoder_hidden, self.encoder_mask(attention_mask), decoder_attention_mask)
 
     def decoder_inputs_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels shifted right behind decoder_start_token_id, with -100 replaced by the pad id (as transformers)."""

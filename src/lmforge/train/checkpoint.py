@@ -1,6 +1,8 @@
 """Checkpoints: a Hugging Face model folder (weights, config, tokenizer) with the training state beside it.
 
-    model folder (config.json, model.safetensors, tokenizer.json, generation_config.json)
+    model folder (config.json, model.safetensors, tokenizer.json, generation_config.json), or for a run that
+                         trains an adapter, the adapter folder (adapter_config.json, adapter_model.safetensors:
+                         PEFT's format) with the tokenizer and generation config
     trainer_state.json   iteration, best metric, elapsed time, the run's config
     optimizer.pt         AdamW state (moments, step counts)
     training_state.pt    RNG states of every rank, the task's data position, the gradient scaler
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from lmforge.adapt.training import save_weights
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
-from lmforge.hub.hf import save_folder
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -38,10 +40,11 @@ def _disk_full(exc: BaseException | None) -> bool:
 def save_checkpoint(folder: Path, model: torch.nn.Module, tokenizer, trainer_state: dict,
                     generation_config: dict | None = None, optimizer_state: dict | None = None,
                     training_state: dict | None = None) -> Path:
-    """Write the model folder and, for a resumable checkpoint, the optimizer and training state, atomically."""
+    """Write the model (or adapter) folder and, for a resumable checkpoint, the optimizer and training state,
+    atomically."""
     try:
         with atomic_path(folder, is_dir=True) as tmp:
-            save_folder(model, tmp, tokenizer=tokenizer, generation_config=generation_config)
+            save_weights(model, tmp, tokenizer=tokenizer, generation_config=generation_config)
             if optimizer_state is not None:
                 torch.save(optimizer_state, tmp / OPTIMIZER)
             if training_state is not None:

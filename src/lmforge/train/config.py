@@ -279,6 +279,17 @@ def parse_overrides(cls: type, items: list[str]) -> dict:
     return out
 
 
+def adapter_checks(config) -> list[tuple[bool, str]]:
+    """The checks of a task config's `adapter` section, and what it asks of the rest of the run."""
+    adapter = config.adapter
+    return adapter.checks() + [
+        (not adapter.enabled or config.init_from != "scratch",
+         f"adapter.method {adapter.method} adapts a trained model: set init_from to a model folder or Hub name"),
+        (not adapter.enabled or config.distributed != "fsdp",
+         "an adapter trains on one process or with distributed ddp; fsdp shards whole models (full fine-tuning)"),
+    ]
+
+
 def to_yaml(config) -> str:
     data = config.to_dict() if dataclasses.is_dataclass(config) else config
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -20,6 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from lmforge.adapt.config import AdapterConfig
+from lmforge.adapt.training import prepare_training
 from lmforge.config import ModelConfig
 from lmforge.data.prepare import prepare
 from lmforge.data.tokens import TokenData, WindowSampler, is_prepared
@@ -29,7 +31,7 @@ from lmforge.hub.hf import load_folder
 from lmforge.losses import cross_entropy
 from lmforge.models.decoder import DecoderLM
 from lmforge.train import distributed
-from lmforge.train.config import LoopConfig
+from lmforge.train.config import LoopConfig, adapter_checks
 from lmforge.train.loop import Run, RunResult, set_dropout, train_task
 
 DATA = "data"
@@ -69,6 +71,7 @@ class ModelShape:
 class TrainConfig(LoopConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelShape = field(default_factory=ModelShape)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_size: int = field(default=12, metadata={"help": "sequences per micro-step per process"})
     eval_iters: int = field(default=20, metadata={"help": "batches per split in each evaluation"})
     sample_tokens: int = field(default=200, metadata={"help": "tokens of the sample printed at each evaluation"})
@@ -88,7 +91,7 @@ class TrainConfig(LoopConfig):
             (self.model.block_size >= 1, "model.block_size must be at least 1"),
             (self.data.errors in ("strict", "replace", "ignore"), "data.errors must be strict, replace or ignore"),
             (0 < self.data.val_fraction < 1, "data.val_fraction must be between 0 and 1 (exclusive)"),
-        ]
+        ] + adapter_checks(self)
 
 
 def train(config: TrainConfig | dict | str | os.PathLike, *, resume: bool = False, quiet: bool = False,
@@ -113,7 +116,11 @@ class LanguageModelling:
         origin = None if run.init_from == "scratch" else run.init_from
         self.data = self.load_data(origin)
         self.tokenizer = self.data.tokenizer
-        self.model, self.generation = self.build_model(None if resume_from else origin, resume_from)
+        if cfg.adapter.enabled:  # the base as for a new run, then the adapter: new, or the last checkpoint's
+            self.model, self.generation = self.build_model(origin, None)
+            run.say(prepare_training(self.model, cfg.adapter, origin, self.tokenizer, cfg.seed, resume_from))
+        else:
+            self.model, self.generation = self.build_model(None if resume_from else origin, resume_from)
         self.sampler = WindowSampler(self.data.train, cfg.model.block_size, cfg.batch_size, cfg.seed,
                                      run.dist.rank, run.dist.world_size)
 

@@ -298,7 +298,10 @@ class Run:
         accum = cfg.gradient_accumulation_steps
         budget = f"{cfg.max_iters} steps" if cfg.max_iters is not None else f"{cfg.max_minutes:g} minutes"
         mode = f"{self.dist.world_size} process(es){', FSDP' if self.fsdp else ''}"
-        self.say(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {dev} ({self.dtype}"
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        size = f"{total / 1e6:.2f}M" if trainable == total else f"{trainable / 1e6:.3f}M of {total / 1e6:.2f}M"
+        self.say(f"training {size} parameters on {dev} ({self.dtype}"
                  f"{', compiled' if cfg.compile else ''}, {mode}, {torch.get_num_threads()} threads): "
                  f"{task.describe()}, {budget}")
         self.progress.start(cfg.max_iters or 0, step)

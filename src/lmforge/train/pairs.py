@@ -21,6 +21,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from lmforge.adapt.config import AdapterConfig
+from lmforge.adapt.training import prepare_training
 from lmforge.config import ENCDEC_PRESETS, PRESETS, encdec_preset, preset
 from lmforge.data.pairs import LengthReport, PairEncoder, PairSet, length_batches, load_pairs
 from lmforge.errors import LmforgeError
@@ -31,7 +33,7 @@ from lmforge.models.decoder import DecoderLM
 from lmforge.models.encdec import EncoderDecoderLM
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import distributed
-from lmforge.train.config import LoopConfig
+from lmforge.train.config import LoopConfig, adapter_checks
 from lmforge.train.loop import Run, RunResult, set_dropout, train_task
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")  # ids 0, 1, 2 of a trained tokenizer: pad, eos, bos
@@ -95,6 +97,7 @@ class FinetuneConfig(LoopConfig):
     eval_interval: int = field(default=200, metadata={"help": "validation loss every this many steps"})
     data: PairDataConfig = field(default_factory=PairDataConfig)
     model: PairModelConfig = field(default_factory=PairModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     batch_tokens: int = field(default=4096, metadata={
         "help": "padded source + target tokens per batch (batches are grouped by length)"})
     max_batch_size: int = field(default=64, metadata={"help": "examples per batch at most"})
@@ -134,7 +137,7 @@ class FinetuneConfig(LoopConfig):
             (self.best_metric in ("val_loss", "source_gain") or self.best_metric in self.generation_columns(),
              f"best_metric {self.best_metric!r} is neither val_loss, source_gain nor one of the generation metrics "
              f"({', '.join(self.generation_columns())}); add it to metrics or choose another"),
-        ]
+        ] + adapter_checks(self)
 
     def generation_columns(self) -> list[str]:
         names = [n.strip() for n in self.metrics.split(",") if n.strip()]
@@ -296,15 +299,18 @@ class PairTraining:
 
     def model_and_tokenizer(self, train: PairSet, resume_from: Path | None) -> tuple[nn.Module, Tokenizer, dict]:
         cfg, run = self.config, self.run
+        adapting = cfg.adapter.enabled  # the base as for a new run, then the adapter: new, or the last checkpoint's
         if resume_from is not None or cfg.init_from != "scratch":
-            source = resume_from or cfg.init_from
+            source = run.init_from if adapting else resume_from or cfg.init_from
             checkpoint = load_folder(source)
             if checkpoint.tokenizer is None:
                 raise LmforgeError(f"{source} has no tokenizer (tokenizer.json); add the model's tokenizer")
             model, tokenizer = checkpoint.model, checkpoint.tokenizer
-            if resume_from is None:  # a resumed model keeps the dropout its config.json records
+            if resume_from is None or adapting:  # a resumed model keeps the dropout its config.json records
                 set_dropout(model, cfg.model.dropout)
                 run.say(f"fine-tuning {source}: {model.config.family}, {model.num_parameters() / 1e6:.2f}M parameters")
+            if adapting:
+                run.say(prepare_training(model, cfg.adapter, source, tokenizer, cfg.seed, resume_from))
             return model, tokenizer, dict(checkpoint.generation_config)
         d = cfg.data
         if d.tokenizer == "bpe":
@@ -403,8 +409,9 @@ class PairTraining:
 
     def generation_metrics(self, model: nn.Module, step: int) -> dict:
         cfg, run = self.config, self.run
-        outputs = generate_texts(model, self.tokenizer, self.gen_sources, self.generation, cfg.gen_batch_size,
-                                 autocast=run.autocast)
+        # as defaults: a transformers generation_config.json may hold keys that are not generation parameters
+        outputs = generate_texts(model, self.tokenizer, self.gen_sources, {}, cfg.gen_batch_size,
+                                 defaults=self.generation, autocast=run.autocast)
         values, _ = score(outputs, self.gen_refs, self.gen_raw_sources, self.metrics)
         shown = "\n".join(f"[{i}] {o}\n    reference: {r}" for i, (o, r) in enumerate(zip(outputs[:3], self.gen_refs)))
         run.files.add_sample(step, shown)

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, is_dir: bool = False,
+                on_stage: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `final`, on failure remove it.
 
-    For folders an existing `final` is replaced only after the new one is complete, so a crash or a
-    full disk mid-write leaves the previous version intact.
+    For folders an existing `final` is replaced only after the new one is complete (its files flushed to disk),
+    in one atomic exchange where the system has one (Linux), so a crash or a full disk mid-write leaves the
+    previous version intact; elsewhere the old folder is first moved aside to `.NAME.old`, which
+    `recover_folder` puts back after a crash between the two renames. `on_stage` is called with "written" (the
+    new version complete, not yet in place) and "published" (in place, the old one not yet removed).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -30,14 +37,27 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
     tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())  # mkdtemp/mkstemp create private (0700/0600) paths
     try:
         yield tmp
+        _flush(tmp, is_dir)
+        if on_stage is not None:
+            on_stage("written")
         if is_dir:
             old = None
             if final.exists():
-                old = final.with_name(f".{final.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.rename(final, old)
-            os.rename(tmp, final)
+                if _exchange(tmp, final):
+                    old = tmp  # now holds the previous version
+                else:
+                    old = final.with_name(f".{final.name}.old")
+                    if old.exists():
+                        shutil.rmtree(old)
+                    os.rename(final, old)
+                    if on_stage is not None:
+                        on_stage("moved_aside")
+                    os.rename(tmp, final)
+            else:
+                os.rename(tmp, final)
+            _flush(final.parent, True, recursive=False)
+            if on_stage is not None:
+                on_stage("published")
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         else:
@@ -47,10 +67,62 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == 28:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise LmforgeError(f"the disk is full while writing {final}; free some space and retry "
                                "(the previous version, if any, is intact)") from exc
         raise
+
+
+def recover_folder(final: str | os.PathLike) -> None:
+    """Undo what a crash inside `atomic_path(final, is_dir=True)` left: the previous version put back where a
+    crash fell between moving it aside and moving the new one in, and unfinished temporary folders removed.
+    Call it only while no other process writes `final` (under the run folder's lock)."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():
+        os.rename(old, final)
+    shutil.rmtree(old, ignore_errors=True)
+    for leftover in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):  # the system or filesystem lacks it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _flush(path: Path, is_dir: bool, recursive: bool = True) -> None:
+    """fsync a file, or a folder's files and the folder itself, so a rename never publishes unwritten data."""
+    paths = ([p for p in path.rglob("*") if p.is_file()] if is_dir and recursive else []) + [path]
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EBADF):  # folders that cannot be synced on some systems
+                raise
+        finally:
+            os.close(fd)
 
 
 def _umask() -> int:

@@ -73,6 +73,87 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
         raise
 
 
+LOCK = ".lmforge.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder` (created if needed) for this process; another process that asks for it meanwhile is refused
+    with a sentence naming the holder's process id. The lock is the kernel's (flock on `.lmforge.lock`, which
+    holds the process id), so a process that dies, even by SIGKILL, never leaves it stuck: a lock file whose
+    process is gone is simply taken over. Where the filesystem has no locks, the process id decides."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    try:
+        fd = _take_lock(path, folder)
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            _remove_if_empty(folder)
+
+
+def _take_lock(path: Path, folder: Path) -> int:
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise LmforgeError(f"{folder} is in use by another lmforge process (process id {holder or 'unknown'}); "
+                               "wait for it to finish or stop it, or choose another out_dir") from None
+        except OSError as exc:  # no locks on this filesystem (some network filesystems): the process id decides
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            holder = _lock_holder(fd)
+            if holder and holder != os.getpid() and _alive(holder):
+                os.close(fd)
+                raise LmforgeError(f"{folder} is in use by another lmforge process (process id {holder}); wait for "
+                                   "it to finish or stop it, or choose another out_dir") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder released and removed the file between our open and our lock: try again
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _lock_holder(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
 def recover_folder(final: str | os.PathLike) -> None:
     """Undo what a crash inside `atomic_path(final, is_dir=True)` left: the previous version put back where a
     crash fell between moving it aside and moving the new one in, and unfinished temporary folders removed.

@@ -36,7 +36,7 @@ from torch import nn
 
 from lmforge import __version__
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import write_text_atomic
+from lmforge.fsutil import atomic_path, folder_lock, recover_folder, write_text_atomic
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import distributed
 from lmforge.train.checkpoint import load_resumable, read_trainer_state, save_checkpoint
@@ -222,7 +222,8 @@ class Run:
     def run(self) -> RunResult:
         clean = False
         try:
-            result = self._run()
+            with folder_lock(self.run_dir) if self.main else contextlib.nullcontext():  # one writer per run folder
+                result = self._run()
             clean = True
             return result
         finally:
@@ -231,6 +232,9 @@ class Run:
 
     def resume_state(self, resume: bool) -> dict | None:
         last = self.run_dir / LAST
+        if self.main:  # what a crash in the middle of a save left behind
+            for name in (LAST, BEST):
+                recover_folder(self.run_dir / name)
         if not resume:
             if last.exists():
                 raise LmforgeError(f"{self.run_dir} already holds a run; resume it with --resume, delete it, "
@@ -460,7 +464,8 @@ class Run:
         if skipped:
             self.note(f"skipped {skipped} step(s) whose loss or gradient was not finite (the weights were kept)")
         if not (self.run_dir / BEST).exists() and (self.run_dir / LAST).exists() and self.main:
-            shutil.copytree(self.run_dir / LAST, self.run_dir / BEST)  # nothing beat the first evaluation
+            with atomic_path(self.run_dir / BEST, is_dir=True) as tmp:  # nothing beat the first evaluation
+                shutil.copytree(self.run_dir / LAST, tmp, dirs_exist_ok=True)
         if self.main:
             self.files.plot()
         total = elapsed()

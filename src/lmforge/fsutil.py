@@ -67,10 +67,22 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if disk_full(exc):
             raise LmforgeError(f"the disk is full while writing {final}; free some space and retry "
                                "(the previous version, if any, is intact)") from exc
         raise
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) says the disk is full, as an OSError or as the text of a
+    library's own error (safetensors reports 'No space left on device (os error 28)')."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if not isinstance(exc, OSError) and ("os error 28" in str(exc) or "No space left on device" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 LOCK = ".lmforge.lock"

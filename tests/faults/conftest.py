@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fault_models import TEXT  # noqa: E402
+from fault_models import TEXT, one_thread, train_settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +17,14 @@ def prepared(tmp_path_factory) -> Path:
     out = folder / "plays-char"
     prepare(folder / "plays.txt", out, tokenizer="char", log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, prepared) -> Path:
+    """The uninterrupted run of `train_settings` that crashed and resumed runs must match bit for bit."""
+    from lmforge.train import train
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    with one_thread():
+        train(train_settings(run, prepared), quiet=True)
+    return run

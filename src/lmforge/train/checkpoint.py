@@ -14,7 +14,6 @@ loads with safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
@@ -24,7 +23,7 @@ import torch
 
 from lmforge.adapt.training import save_weights
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import atomic_path
+from lmforge.fsutil import atomic_path, disk_full
 from lmforge.hub.hf import load_torch_file
 
 TRAINER_STATE = "trainer_state.json"
@@ -52,14 +51,6 @@ def stage_reached(point: str) -> None:
             time.sleep(60)
 
 
-def _disk_full(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        exc = exc.__cause__
-    return False
-
-
 def save_checkpoint(folder: Path, model: torch.nn.Module, tokenizer, trainer_state: dict,
                     generation_config: dict | None = None, optimizer_state: dict | None = None,
                     training_state: dict | None = None) -> Path:
@@ -79,8 +70,8 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, tokenizer, trainer_sta
                 torch.save(training_state, tmp / TRAINING_STATE)
                 stage("training_state")
             (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
-    except (LmforgeError, OSError) as exc:
-        if _disk_full(exc):
+    except Exception as exc:
+        if disk_full(exc):
             raise LmforgeError(f"the disk is full while writing the checkpoint {folder}; free some space and "
                                "resume with --resume (the previous checkpoint is intact)") from None
         raise

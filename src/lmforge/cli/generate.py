@@ -89,8 +89,10 @@ def read_text_file(path: str, what: str) -> str:
 
 def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     import lmforge
+    from lmforge.hub.hf import require_finite_weights
 
     ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter)
+    require_finite_weights(ckpt.model, args.adapter or args.model)
     if need_tokenizer and ckpt.tokenizer is None:
         raise LmforgeError(f"{args.model} has no tokenizer (tokenizer.json or vocab.json); save one in the folder")
     return ckpt

@@ -219,6 +219,27 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     return Checkpoint(model, tokenizer, read_generation_config(folder), folder, stored_name)
 
 
+def non_finite_weights(model: torch.nn.Module) -> dict[str, int]:
+    """The model's tensors that hold NaN or infinite values, with how many each holds."""
+    found = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                found[name] = bad
+    return found
+
+
+def require_finite_weights(model: torch.nn.Module, source) -> None:
+    """Refuse a model whose weights hold NaN or infinite values: everything it computes would be NaN."""
+    found = non_finite_weights(model)
+    if found:
+        first = next(iter(found))
+        more = f" and {len(found) - 1} more tensor(s)" if len(found) > 1 else ""
+        raise LmforgeError(f"the weights of {source} hold NaN or infinite values ({found[first]:,} in {first}{more}), "
+                           "so it cannot produce text; use an earlier checkpoint of its run (best/ or last/)")
+
+
 def read_generation_config(folder: Path) -> dict:
     """A folder's generation_config.json ({} without one), less transformers' bookkeeping (transformers_version,
     _from_model_config), which is not a generation parameter."""

@@ -6,7 +6,8 @@ its evaluation metrics. The loop does everything else, the same way for every ta
 
     budget     max_iters steps, or max_minutes of wall time, with warmup + cosine decay planned on the
                steps or, when max_iters is null, on the time
-    step       gradient accumulation, clipping (a step whose gradient is not finite is skipped), AdamW,
+    step       gradient accumulation, clipping (a step whose gradient is not finite is skipped; max_nonfinite_steps
+               of them in a row stop the run), AdamW,
                bf16/fp16 autocast on GPU, torch.compile, DDP or FSDP under torchrun
     evaluate   every eval_interval steps (or eval_minutes): the task's metrics, the best and the last
                checkpoint as Hugging Face folders, patience on best_metric
@@ -349,7 +350,7 @@ class Run:
 
         last_eval: dict | None = None
         last_plot = time.perf_counter()
-        window_loss, window_steps, window_tokens, train_time, skipped = 0.0, 0, 0, 0.0, 0
+        window_loss, window_steps, window_tokens, train_time, skipped, in_a_row = 0.0, 0, 0, 0.0, 0, 0
         next_eval_at = (elapsed_before // 60 // cfg.eval_minutes + 1) * cfg.eval_minutes * 60 if cfg.eval_minutes else 0
 
         def evaluate(final: bool = False) -> None:
@@ -418,6 +419,15 @@ class Run:
                 if finite or scaler.is_enabled():  # a scaler skips a non-finite step by itself
                     scaler.step(optimizer)
                 skipped += not finite
+                # the scaler of float16 skips overflowing steps on its own while it finds its scale
+                diverged = not finite and (not scaler.is_enabled() or scaler.get_scale() < 1)
+                in_a_row = in_a_row + 1 if diverged else 0
+                if cfg.max_nonfinite_steps and in_a_row >= cfg.max_nonfinite_steps:
+                    last = self.run_dir / LAST
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+                    raise LmforgeError(f"stopping at iter {step + 1}: {in_a_row} steps in a row had a loss or gradient "
+                                       f"that is not finite (lower learning_rate, check the data, or use float32); "
+                                       f"{kept}")
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -70,11 +70,13 @@ class LoopConfig:
         "help": "under torchrun: ddp (a replica per process) or fsdp (parameters, gradients and optimizer state "
                 "sharded across the processes, for models that do not fit one device)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default"})
+    max_memory: str | None = field(default=None, metadata={
+        "help": "refuse a run estimated to need more memory than this (512MB, 8GiB); null: what the device has free"})
 
     # Fields that may change when a run is resumed; any other difference means a different run.
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({
         "out_dir", "init_from", "max_iters", "max_minutes", "eval_interval", "eval_minutes", "log_interval",
-        "patience", "device", "compile", "threads", "max_nonfinite_steps"})
+        "patience", "device", "compile", "threads", "max_nonfinite_steps", "max_memory"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from lmforge import __version__
+from lmforge import __version__, memory
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path, folder_lock, recover_folder, write_text_atomic
 from lmforge.tokenizer import Tokenizer
@@ -268,6 +268,7 @@ class Run:
         distributed.barrier(self.dist)
         task.setup(self, self.run_dir / LAST if state else None)
         model = task.model
+        self.check_memory(model)
         model.train()
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank
 
@@ -486,6 +487,16 @@ class Run:
                          tokens_seen / total if total else 0.0, self.notes)
 
     # ---- helpers of the loop ---------------------------------------------------------------------
+
+    def check_memory(self, model: nn.Module) -> None:
+        """Refuse a run whose gradients, optimizer state and activations cannot fit, before they are allocated."""
+        rows, length = memory.training_batch(self.cfg, model)
+        parts = memory.training_parts(model, rows, length, self.dtype)
+        if self.fsdp:  # each process holds its shard of the weights, gradients and optimizer state
+            parts.update({k: parts[k] / self.dist.world_size for k in ("weights", "gradients", "optimizer")})
+        memory.check(parts, self.cfg.max_memory, self.device, f"training with micro-batches of {rows} x {length} tokens",
+                     "lower batch_size (gradient_accumulation_steps keeps the batch), the context or the model, or set "
+                     "max_memory if the estimate is wrong")
 
     def log_step(self, step: int, loss: float, lr: float, tokens_per_sec: float, train_time: float, steps: int,
                  elapsed: float) -> None:

@@ -89,28 +89,33 @@ LOCK = ".lmforge.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Hold `folder` (created if needed) for this process; another process that asks for it meanwhile is refused
-    with a sentence naming the holder's process id. The lock is the kernel's (flock on `.lmforge.lock`, which
-    holds the process id), so a process that dies, even by SIGKILL, never leaves it stuck: a lock file whose
-    process is gone is simply taken over. Where the filesystem has no locks, the process id decides."""
+def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
+    """Hold `folder` (created if needed; yields whether it was) for this process; another process that asks for it
+    meanwhile is refused with a sentence naming the holder's process id. The lock is the kernel's (flock on
+    `.lmforge.lock`, which holds the process id), so a process that dies, even by SIGKILL, never leaves it stuck:
+    a lock file whose process is gone is simply taken over. Where the filesystem has no locks, the process id
+    decides."""
     folder = Path(folder)
-    created = not folder.exists()
+    top = first_missing(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     try:
         fd = _take_lock(path, folder)
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(folder, top)
         raise
     try:
-        yield
+        yield top is not None
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(folder, top)
+
+
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (what `mkdir(parents=True)` creates)."""
+    path = Path(path).absolute()
+    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
 
 
 def _take_lock(path: Path, folder: Path) -> int:
@@ -161,9 +166,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def empty_folder(folder: Path) -> None:
+    """Remove what `folder` holds, but its lock file (for the holder of `folder_lock`)."""
+    for entry in folder.iterdir():
+        if entry.name != LOCK:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _remove_if_empty(folder: Path, top: Path | None) -> None:
+    """Remove `folder` and its parents up to `top` (the folders made for it) while they are empty."""
+    if top is None:
+        return
+    folder = folder.absolute()
+    for p in [folder, *folder.parents]:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
 
 
 def recover_folder(final: str | os.PathLike) -> None:

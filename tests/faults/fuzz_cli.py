@@ -98,6 +98,28 @@ class Pool:
         self.cases = root / "cases"
         self.cases.mkdir()
         self.made = 0
+        self.pristine = root.parent / f"{root.name}-pristine"
+        shutil.copytree(root, self.pristine, ignore=shutil.ignore_patterns("cases"))
+        self.signature = self.sign()
+
+    def sign(self) -> dict:
+        """Every input file with its size and modification time (the cases' own files aside)."""
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in self.root.rglob("*")
+                if not p.is_relative_to(self.cases) and not p.is_relative_to(self.root / "work")}
+
+    def restore(self) -> bool:
+        """Put back the inputs a case changed (a successful `convert SRC DST` may write DST over one); whether
+        it had to."""
+        if self.sign() == self.signature:
+            return False
+        for entry in self.root.iterdir():
+            if entry.name not in ("cases", "work"):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in self.pristine.iterdir():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, self.root / entry.name)
+        self.unreadable.chmod(0)
+        self.signature = self.sign()
+        return True
 
     def _adapter(self, folder: Path) -> Path:
         import lmforge
@@ -395,12 +417,13 @@ def judge(o: Outcome, before: set[str], after: set[str], inputs_before: set[str]
     if o.status is not None and leftovers:
         o.problems.append(f"temporary or lock files left: {leftovers[:3]}")
     changed_inputs = sorted(p for p in inputs_after - inputs_before if not p.startswith(str(pool.cases)))
-    if o.status is not None and changed_inputs:
-        o.problems.append(f"wrote beside the inputs: {changed_inputs[:3]}")
+    if o.status == 2 and changed_inputs:
+        o.problems.append(f"a failure left beside the inputs: {changed_inputs[:3]}")
 
 
-def clean(workdir: Path) -> None:
+def clean(workdir: Path, pool: Pool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
+    pool.restore()
 
 
 @dataclass

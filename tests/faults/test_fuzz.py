@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 DEFAULT_CASES = {"train": 3, "finetune": 3, "demo": 2}  # the slow verbs; the others get 6
+SECONDS = {"serve": 5}  # a junk --host waits for the resolver (no network here) until the deadline
 TALLY = Tally()
 
 
@@ -49,8 +50,10 @@ def fuzz(verb: str, pool: Pool, cases: int, seconds: float) -> None:
         try:
             outcome = run_case([verb, *argv], workdir, pool, seconds)
         finally:
-            clean(workdir)
+            clean(workdir, pool)
         TALLY.add(verb, outcome)
+        if os.environ.get("LMFORGE_FUZZ_ECHO"):
+            print(f"{outcome.status} lmforge {' '.join(outcome.argv)}\n    {outcome.stderr.strip()[-300:]}")
         if outcome.problems:
             failures.append(outcome)
             raise AssertionError(f"lmforge {' '.join(outcome.argv)}: {'; '.join(outcome.problems)}\n"
@@ -61,14 +64,14 @@ def fuzz(verb: str, pool: Pool, cases: int, seconds: float) -> None:
 
 @pytest.mark.parametrize("verb", ALL_VERBS)
 def test_fuzz_every_verb(verb, pool):
-    fuzz(verb, pool, DEFAULT_CASES.get(verb, 6), seconds=20)
+    fuzz(verb, pool, DEFAULT_CASES.get(verb, 6), seconds=SECONDS.get(verb, 20))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("verb", ALL_VERBS)
 def test_fuzz_every_verb_long(verb, pool):
     cases = int(os.environ.get("LMFORGE_FUZZ_CASES", "300"))
-    fuzz(verb, pool, cases if verb not in DEFAULT_CASES else max(cases // 5, 1), seconds=30)
+    fuzz(verb, pool, cases if verb not in DEFAULT_CASES else max(cases // 5, 1), seconds=SECONDS.get(verb, 30))
     report = os.environ.get("LMFORGE_FUZZ_REPORT")
     if report:
         with open(report, "w", encoding="utf-8") as f:

@@ -37,7 +37,7 @@ from torch import nn
 
 from lmforge import __version__, memory
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import atomic_path, folder_lock, recover_folder, write_text_atomic
+from lmforge.fsutil import atomic_path, empty_folder, folder_lock, recover_folder, write_text_atomic
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import distributed
 from lmforge.train.checkpoint import load_resumable, read_trainer_state, save_checkpoint
@@ -223,8 +223,13 @@ class Run:
     def run(self) -> RunResult:
         clean = False
         try:
-            with folder_lock(self.run_dir) if self.main else contextlib.nullcontext():  # one writer per run folder
-                result = self._run()
+            with folder_lock(self.run_dir) if self.main else contextlib.nullcontext(False) as created:  # one writer
+                try:
+                    result = self._run()
+                except BaseException:
+                    if created and not (self.run_dir / LAST).exists():  # failed before its first checkpoint:
+                        empty_folder(self.run_dir)  # leave no folder behind
+                    raise
             clean = True
             return result
         finally:

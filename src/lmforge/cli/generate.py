@@ -32,6 +32,8 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="model folder (Hugging Face or lmforge) or Hub name (gpt2, facebook/opt-125m@main)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--max-memory", metavar="SIZE", help="refuse a model estimated to need more memory than "
+                        "this (512MB, 8GiB; default: what the device has available)")
     parser.add_argument("--adapter", metavar="DIR",
                         help="a PEFT adapter folder (LoRA, prefix or prompt tuning) to apply to MODEL, e.g. the best/ "
                              "checkpoint of a run with adapter.method")
@@ -89,8 +91,14 @@ def read_text_file(path: str, what: str) -> str:
 
 def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     import lmforge
+    from lmforge.hub.hf import require_finite_weights
+    from lmforge.memory import check_generation
 
+    sequences = (getattr(args, "num_beams", None) or 1) * (getattr(args, "num_return_sequences", None) or 1) * \
+        (getattr(args, "batch_size", None) or getattr(args, "max_batch", None) or 1)
+    check_generation(args.model, sequences, args.max_memory, args.device)
     ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter)
+    require_finite_weights(ckpt.model, args.adapter or args.model)
     if need_tokenizer and ckpt.tokenizer is None:
         raise LmforgeError(f"{args.model} has no tokenizer (tokenizer.json or vocab.json); save one in the folder")
     return ckpt

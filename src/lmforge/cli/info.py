@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmforge.hub.hf import load_folder
+from lmforge.hub.hf import load_folder, non_finite_weights
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,7 @@ def describe(path: str) -> dict:
         "dtype": ckpt.stored_dtype,
         "tokenizer": ckpt.tokenizer.kind if ckpt.tokenizer is not None else None,
         "tokenizer_vocab_size": ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else None,
+        "non_finite_weights": non_finite_weights(model),  # tensor -> how many NaN or infinite values it holds
     }
 
 
@@ -44,4 +45,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  dtype         {info['dtype']}")
     tok = info["tokenizer"]
     print(f"  tokenizer     {tok + ' (' + format(info['tokenizer_vocab_size'], ',') + ' tokens)' if tok else 'none'}")
+    bad = info["non_finite_weights"]
+    if bad:
+        print(f"  weights       NOT FINITE: {sum(bad.values()):,} NaN or infinite values in {len(bad)} tensor(s): "
+              f"{', '.join(list(bad)[:3])}{', ...' if len(bad) > 3 else ''}; generate and score refuse this model")
+    else:
+        print("  weights       finite")
     return 0

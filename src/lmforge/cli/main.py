@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import disk_full
 from lmforge.hub import remote
 
 # verb -> (module under lmforge.cli, one-line help)
@@ -84,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             return int(args._run(args) or 0)
     except LmforgeError as exc:
         print(f"lmforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"lmforge {args.verb}: error: the disk is full{where}; free some space and run the command again "
+              "(a training run continues with --resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -1,0 +1,9 @@
+"""Alignment: reward models, DPO and PPO as tasks of the one training loop, and best-of-n sampling.
+
+    from lmforge.align import train_reward, train_dpo, train_ppo, best_of_n, load_reward_model
+"""
+
+from lmforge.align.reward import RewardConfig, train_reward
+from lmforge.align.reward_model import ScalarHead, load_reward_model, save_reward_model
+
+__all__ = ["RewardConfig", "ScalarHead", "load_reward_model", "save_reward_model", "train_reward"]

@@ -33,3 +33,28 @@ def tiny_reward_settings(out_dir: Path, train: Path, val: Path, **overrides) -> 
             "max_length": 24, "max_response_length": 10, "batch_size": 16, "max_iters": 60, "eval_interval": 30,
             "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 5, "log_interval": 10, "device": "cpu"}
     return {**base, **overrides}
+
+
+def tiny_policy(folder: Path, kind: str = "gpt2", seed: int = 0) -> Path:
+    """A random tiny policy with a character tokenizer over the synthetic pairs' alphabet, saved as a folder."""
+    import torch
+
+    from lmforge.hub.hf import save_folder
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.pairs import FinetuneConfig, PairDataConfig, PairModelConfig, build_model
+
+    tok = Tokenizer.train_char([LETTERS + "say: "], special_tokens=("<pad>", "</s>", "<s>"))
+    preset = {"gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama"}[kind]
+    shim = FinetuneConfig(model=PairModelConfig(preset=preset, d_model=32, n_head=2, n_layer=1, dropout=0.0),
+                          data=PairDataConfig(max_source_length=32, max_target_length=16))
+    torch.manual_seed(seed)
+    save_folder(build_model(shim, tok), folder, tokenizer=tok)
+    return folder
+
+
+def tiny_dpo_settings(out_dir: Path, policy: Path, train: Path, val: Path, **overrides) -> dict:
+    base = {"out_dir": str(out_dir), "init_from": str(policy), "data.train": str(train), "data.val": str(val),
+            "max_length": 24, "max_response_length": 10, "batch_size": 16, "max_iters": 40, "eval_interval": 20,
+            "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 2, "log_interval": 10, "device": "cpu",
+            "beta": 0.5}
+    return {**base, **overrides}

@@ -3,7 +3,8 @@
     from lmforge.align import train_reward, train_dpo, train_ppo, best_of_n, load_reward_model
 """
 
+from lmforge.align.dpo import DPOConfig, dpo_loss, train_dpo
 from lmforge.align.reward import RewardConfig, train_reward
 from lmforge.align.reward_model import ScalarHead, load_reward_model, save_reward_model
 
-__all__ = ["RewardConfig", "ScalarHead", "load_reward_model", "save_reward_model", "train_reward"]
+__all__ = ["DPOConfig", "dpo_loss", "train_dpo", "RewardConfig", "ScalarHead", "load_reward_model", "save_reward_model", "train_reward"]

@@ -7,4 +7,5 @@ from lmforge.align.dpo import DPOConfig, dpo_loss, train_dpo
 from lmforge.align.reward import RewardConfig, train_reward
 from lmforge.align.reward_model import ScalarHead, load_reward_model, save_reward_model
 
-__all__ = ["DPOConfig", "dpo_loss", "train_dpo", "RewardConfig", "ScalarHead", "load_reward_model", "save_reward_model", "train_reward"]
+__all__ = ["DPOConfig", "RewardConfig", "ScalarHead", "dpo_loss", "load_reward_model", "save_reward_model",
+           "train_dpo", "train_reward"]

@@ -4,8 +4,9 @@
 """
 
 from lmforge.align.dpo import DPOConfig, dpo_loss, train_dpo
+from lmforge.align.ppo import PPOConfig, train_ppo
 from lmforge.align.reward import RewardConfig, train_reward
 from lmforge.align.reward_model import ScalarHead, load_reward_model, save_reward_model
 
-__all__ = ["DPOConfig", "RewardConfig", "ScalarHead", "dpo_loss", "load_reward_model", "save_reward_model",
-           "train_dpo", "train_reward"]
+__all__ = ["DPOConfig", "PPOConfig", "RewardConfig", "ScalarHead", "dpo_loss", "load_reward_model",
+           "save_reward_model", "train_dpo", "train_ppo", "train_reward"]

@@ -66,21 +66,30 @@ class ScalarHead(nn.Module):
     def is_encoder_decoder(self) -> bool:
         return self.body.is_encoder_decoder
 
+    def hidden_all(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   decoder_input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, width) of every position (of the decoder, for encoder-decoder)."""
+        body = self.body
+        if not body.is_encoder_decoder:
+            return body.hidden_states(input_ids)
+        if decoder_input_ids is None:
+            raise LmforgeError("an encoder-decoder reward model needs the response as decoder_input_ids")
+        memory = body.encode(input_ids, attention_mask)
+        return body.decoder_hidden_states(decoder_input_ids, memory, body.encoder_mask(attention_mask))
+
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                decoder_input_ids: torch.Tensor | None = None,
                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden state (B, width) of each row's last real token (of the decoder, for encoder-decoder)."""
-        body = self.body
-        if body.is_encoder_decoder:
-            if decoder_input_ids is None:
-                raise LmforgeError("an encoder-decoder reward model needs the response as decoder_input_ids")
-            memory = body.encode(input_ids, attention_mask)
-            h = body.decoder_hidden_states(decoder_input_ids, memory, body.encoder_mask(attention_mask))
-            index = last_index(decoder_attention_mask, h.shape[1], h.shape[0], h.device)
-        else:
-            h = body.hidden_states(input_ids)
-            index = last_index(attention_mask, h.shape[1], h.shape[0], h.device)
+        h = self.hidden_all(input_ids, attention_mask, decoder_input_ids)
+        mask = decoder_attention_mask if self.body.is_encoder_decoder else attention_mask
+        index = last_index(mask, h.shape[1], h.shape[0], h.device)
         return h[torch.arange(h.shape[0], device=h.device), index]
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               decoder_input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar (B, T) at every position: a value model's estimate of each state."""
+        return self.score(self.hidden_all(input_ids, attention_mask, decoder_input_ids)).squeeze(-1).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None,

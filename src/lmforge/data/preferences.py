@@ -300,3 +300,27 @@ def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Te
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = 1
     return ids, mask
+
+
+def load_prompts(spec: str) -> list[str]:
+    """Prompts for rollouts: a text file (.txt, one prompt per line, blank lines skipped), or the prompts of a
+    preference spec (records with a prompt field, HH-RLHF transcripts, named sets; several joined with "+"),
+    each prompt once, in order."""
+    prompts: list[str] = []
+    for part in [s.strip() for s in spec.split("+") if s.strip()]:
+        path = Path(part)
+        if path.suffix == ".txt":
+            if not path.is_file():
+                raise LmforgeError(f"prompt file {path} does not exist")
+            prompts += [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+            continue
+        path, _ = resolve_spec(part)
+        for index, (where, record) in enumerate(iter_records(path)):
+            if isinstance(record.get("prompt"), str):
+                prompts.append(record["prompt"])
+            else:
+                prompts += [p.prompt for p in pairs_of_record(record, where, index)[:1]]
+    unique = list(dict.fromkeys(prompts))
+    if not unique:
+        raise LmforgeError(f"{spec} holds no prompts")
+    return unique

@@ -18,9 +18,10 @@ update is ppo_epochs * num_minibatches steps, and `max_iters` counts steps.
                 the policy with its adapter disabled), value model (a ScalarHead over every position, started
                 from the reward model as in InstructGPT, or from init_from), reward model (frozen)
 
-metrics.jsonl (every evaluation, one per update by default; the first before any update): reward_mean, kl (mean per-response sum of k1),
-kl_coef, entropy, clipfrac, approx_kl, value_loss, policy_loss, response_length, rollout_tokens_per_sec; val_loss
-is minus the objective, -(reward_mean - kl_coef * kl). samples.txt holds rollouts every sample_interval updates.
+metrics.jsonl (every evaluation, one per update by default; the first before any update): reward_mean, kl (the
+mean per-response sum of k1), kl_coef, entropy, clipfrac, approx_kl, value_loss, policy_loss, response_length,
+rollout_tokens_per_sec; val_loss is minus the objective, -(reward_mean - kl_coef * kl). samples.txt holds rollouts
+every sample_interval updates.
 """
 
 from __future__ import annotations

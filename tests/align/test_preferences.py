@@ -36,10 +36,11 @@ def test_record_forms_rankings_and_identical_pairs(tmp_path):
         {"chosen": "\n\nHuman: q\n\nAssistant: yes", "rejected": "\n\nHuman: q\n\nAssistant: no"},
         {"chosen": "\n\nHuman: q\n\nAssistant: same", "rejected": "\n\nHuman: q\n\nAssistant: same"},
         {"prompt": "Q3", "responses": ["a", "b", "c", "d"]},
+        {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a\n\nHuman: more?"},
     ])
     prefs = load_preferences(str(path))
     assert len(prefs) == 1 + 1 + 6  # the identical pair is dropped, a ranking of 4 gives 6 pairs
-    assert prefs.notes and "1 pair(s)" in prefs.notes[0]
+    assert prefs.notes and "1 pair(s)" in prefs.notes[0] and "do not split into one prompt" in prefs.notes[1]
     first, hh = prefs.pairs[0], prefs.pairs[1]
     assert (first.prompt, first.chosen, first.rejected, first.margin, first.weight) == ("Q1", "good", "bad", 2.0, 1.0)
     assert (hh.prompt, hh.chosen, hh.rejected) == ("\n\nHuman: q\n\nAssistant:", " yes", " no")

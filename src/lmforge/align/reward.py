@@ -184,3 +184,29 @@ class RewardTraining:
 
     def load_state_dict(self, state: dict) -> None:
         self.order.load_state_dict(state["order"])
+
+
+@torch.no_grad()
+def evaluate_reward_model(model: ScalarHead, tokenizer, spec: str, max_length: int, max_response_length: int,
+                          batch_size: int = 16) -> dict:
+    """Pairwise accuracy (a tie counts half), mean margin and Bradley-Terry loss of a reward model on the pairs
+    of a preference spec, with the length limits of its training (longer pairs truncated)."""
+    from lmforge.data.preferences import PreferenceEncoder, load_preferences
+
+    prefs = load_preferences(spec)
+    encoder = PreferenceEncoder(tokenizer, model.is_encoder_decoder, model.config.family, max_length,
+                                max_response_length, "truncate", add_eos=False)
+    pairs, report = encoder.encode(prefs.pairs, prefs.description)
+    device = next(model.parameters()).device
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_pairs(pairs[start:start + batch_size], model, encoder.pad_id, device, with_labels=False)
+        chosen, rejected = model(**reward_inputs(batch)).double().cpu().chunk(2)
+        diff = chosen - rejected
+        sums += torch.stack([((diff > 0).double() + 0.5 * (diff == 0).double()).sum(), diff.sum(),
+                             -F.logsigmoid(diff).sum(), torch.tensor(float(len(diff)), dtype=torch.float64)])
+    correct, margin, loss, n = sums.tolist()
+    return {"pairs": int(n), "accuracy": correct / n, "margin": margin / n, "loss": loss / n,
+            "truncated_prompts": report.truncated_prompts, "truncated_responses": report.truncated_responses,
+            "description": prefs.description}

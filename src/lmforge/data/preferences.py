@@ -12,7 +12,8 @@ Where pairs come from (a *preference spec*; several joined with "+" are read one
         {"prompt", "responses": [best, ..., worst]}    a ranking of K responses: all K(K-1)/2 pairs, each weighted
                                                        2/(K(K-1)) so that a prompt counts as one example (InstructGPT)
 
-Pairs whose two responses are identical carry no preference and are dropped (counted); HH-RLHF has a few.
+Pairs whose two responses are identical carry no preference and are dropped (counted); HH-RLHF has a few, and a
+few whose two transcripts do not share one prompt (one side ends with an unanswered Human turn), also dropped.
 
 `PreferenceEncoder` then tokenizes them as a model family expects and applies the length limits: a response
 longer than max_response_length is cut at its end, then the prompt is cut from its left (its start goes, the
@@ -37,6 +38,11 @@ TOO_LONG = ("truncate", "drop", "error")
 NAMED = ("hh-rlhf-helpful-base", "hh-rlhf-helpful-online", "hh-rlhf-helpful-rejection-sampled",
          "hh-rlhf-harmless-base")
 DEFAULT_SPLIT = "train"
+
+
+class Unsplittable(LmforgeError):
+    """Two transcripts that do not share one prompt (HH-RLHF has a few: one side ends with an unanswered Human
+    turn); such a pair is dropped and counted."""
 
 
 @dataclass
@@ -115,12 +121,11 @@ def pairs_of_record(record: dict, where: str, index: int) -> list[PreferencePair
             raise LmforgeError(f"{where}: prompt must be a text, got {type(record['prompt']).__name__}")
         return [PreferencePair(record["prompt"], chosen, rejected, float(margin), 1.0, example_id)]
     parts = split_transcript(chosen), split_transcript(rejected)
-    if parts[0] is None or parts[1] is None:
+    if parts[0] is None and parts[1] is None:
         raise LmforgeError(f"{where} has no prompt field and its chosen/rejected texts are not Human/Assistant "
                            "transcripts; add a prompt field")
-    if parts[0][0] != parts[1][0]:
-        raise LmforgeError(f"{where}: the chosen and rejected transcripts differ before the last assistant reply; "
-                           "give prompt, chosen and rejected fields instead")
+    if parts[0] is None or parts[1] is None or parts[0][0] != parts[1][0]:
+        raise Unsplittable(where)
     return [PreferencePair(parts[0][0], parts[0][1], parts[1][1], float(margin), 1.0, example_id)]
 
 
@@ -148,12 +153,17 @@ def resolve_spec(spec: str) -> tuple[Path, str]:
 def load_preferences(spec: str) -> PreferenceSet:
     """The pairs of a preference spec (see the module docstring), identical pairs dropped and noted."""
     pairs: list[PreferencePair] = []
-    descriptions, identical = [], 0
+    descriptions, identical, unsplittable = [], 0, 0
     for part in [s.strip() for s in spec.split("+") if s.strip()]:
         path, description = resolve_spec(part)
         descriptions.append(description)
         for index, (where, record) in enumerate(iter_records(path)):
-            for pair in pairs_of_record(record, where, index):
+            try:
+                found = pairs_of_record(record, where, index)
+            except Unsplittable:
+                unsplittable += 1
+                continue
+            for pair in found:
                 if pair.chosen == pair.rejected:
                     identical += 1
                 else:
@@ -161,6 +171,9 @@ def load_preferences(spec: str) -> PreferenceSet:
     description = " + ".join(descriptions)
     notes = [f"dropped {identical} pair(s) of {description} whose chosen and rejected responses are identical"] \
         if identical else []
+    if unsplittable:
+        notes.append(f"dropped {unsplittable} pair(s) of {description} whose two transcripts do not split into one "
+                     "prompt (one side ends with a turn the other lacks)")
     if not pairs:
         raise LmforgeError(f"{description} holds no usable preference pairs")
     return PreferenceSet(description, pairs, notes)

@@ -116,3 +116,15 @@ def test_missing_fields_exit_2_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "line 1" in err and "rejected" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_resumed_reward_run_continues_exactly(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(40, seed=0))
+    straight = tiny_reward_settings(tmp_path / "a", train, train, max_iters=6, eval_interval=3, batch_size=8)
+    train_reward(straight, quiet=True)
+    first = {**straight, "out_dir": str(tmp_path / "b"), "max_iters": 3}
+    train_reward(first, quiet=True)
+    train_reward({**first, "max_iters": 6}, resume=True, quiet=True)
+    losses = [[json.loads(line)["val_loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("a", "b")]
+    assert losses[0] == losses[1] and len(losses[0]) == 3

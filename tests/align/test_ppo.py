@@ -5,6 +5,7 @@ tokenizer)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -119,3 +120,21 @@ def test_ppo_refuses_without_reward_model_and_with_another_tokenizer(tmp_path, c
     rm = train_reward(tiny_reward_settings(tmp_path / "rm", pairs, pairs, max_iters=1, eval_interval=1), quiet=True)
     assert main(args + [f"--reward_model={rm.best_dir}"]) == 2  # a BPE tokenizer trained on the pairs
     assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_ppo_against_a_reward_model_from_the_cli(tmp_path):
+    """The InstructGPT path: a reward model trained from the policy (same tokenizer), PPO against it from the
+    command line, the value model started from the reward model."""
+    from align_helpers import synthetic_pairs, tiny_reward_settings, write_jsonl
+
+    from lmforge.align.reward import train_reward
+    from lmforge.cli.main import main
+
+    policy = tiny_policy(tmp_path / "policy")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(32))
+    rm = train_reward(tiny_reward_settings(tmp_path / "rm", pairs, pairs, init_from=str(policy), max_iters=2,
+                                           eval_interval=2), quiet=True)
+    settings = ppo_settings(tmp_path, policy, max_iters=4, reward_model=str(rm.best_dir))
+    assert main(["ppo", "--quiet"] + [f"--{k}={v}" for k, v in settings.items()]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(math.isfinite(r["reward_mean"]) for r in records)

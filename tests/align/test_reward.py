@@ -128,3 +128,16 @@ def test_a_resumed_reward_run_continues_exactly(tmp_path):
     losses = [[json.loads(line)["val_loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
               for run in ("a", "b")]
     assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_scoring_fits_a_long_prompt_to_the_context(tmp_path):
+    from align_helpers import tiny_policy
+
+    from lmforge.align.reward_model import score_texts
+
+    checkpoint = load_folder(tiny_policy(tmp_path / "policy"))  # block_size 48, one token per character
+    torch.manual_seed(0)
+    model = ScalarHead(checkpoint.model).eval()
+    prompt = "say a: " * 20
+    long, cut = score_texts(model, checkpoint.tokenizer, [prompt, prompt[-43:]], [" aaa", " aaa"])
+    assert long == pytest.approx(cut, abs=1e-6)  # BOS + the prompt's last 43 characters + 4 = 48

@@ -180,18 +180,23 @@ def load_reward_model(folder: str | os.PathLike, device: str | torch.device = "c
     return model.eval(), tokenizer
 
 
-def reward_rows(tokenizer, is_encoder_decoder: bool, family: str, prompts: list[str], responses: list[str]
+def reward_rows(tokenizer, model: ScalarHead, prompts: list[str], responses: list[str]
                 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) as a reward model reads them: the layout its training used
-    (data/preferences.py's PreferenceEncoder, without EOS)."""
-    from lmforge.data.preferences import PreferenceEncoder
+    """(prompt ids, response ids) as a reward model reads them: the layout of its training (data/preferences.py's
+    PreferenceEncoder, without EOS), fitted to its context as there (a response keeps at most half of a decoder-only
+    context, then the prompt loses its start)."""
+    from lmforge.data.preferences import PreferenceEncoder, PreferencePair
 
-    encoder = PreferenceEncoder(tokenizer, is_encoder_decoder, family, max_length=2, max_response_length=1,
-                                add_eos=False, check=False)
-    prompt_ids = tokenizer.encode_batch(prompts)
-    response_ids = tokenizer.encode_batch([encoder.join(p, r) for p, r in zip(prompts, responses)])
-    return [(encoder.prompt_prefix + p + encoder.prompt_suffix, encoder.response_prefix + r)
-            for p, r in zip(prompt_ids, response_ids)]
+    c = model.config
+    if model.is_encoder_decoder:
+        limit = c.max_position_embeddings if getattr(c, "position", None) == "learned" else 1 << 30
+        max_length, max_response = limit, limit - 1
+    else:
+        max_length, max_response = c.block_size, c.block_size // 2
+    encoder = PreferenceEncoder(tokenizer, model.is_encoder_decoder, c.family, max_length, max_response,
+                                "truncate", add_eos=False)
+    pairs, _ = encoder.encode([PreferencePair(p, r, r, id=str(i)) for i, (p, r) in enumerate(zip(prompts, responses))])
+    return [(pair.prompt, pair.chosen) for pair in pairs]
 
 
 @torch.no_grad()
@@ -225,7 +230,7 @@ def score_texts(model: ScalarHead, tokenizer, prompts: list[str], responses: lis
     was_training = model.training
     model.eval()
     try:
-        rows = reward_rows(tokenizer, model.is_encoder_decoder, model.config.family, prompts, responses)
+        rows = reward_rows(tokenizer, model, prompts, responses)
         return score_rows(model, rows, batch_size)
     finally:
         model.train(was_training)

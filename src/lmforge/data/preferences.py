@@ -222,7 +222,7 @@ class PreferenceEncoder:
     """
 
     def __init__(self, tokenizer, is_encoder_decoder: bool, family: str, max_length: int, max_response_length: int,
-                 too_long: str = "truncate", add_eos: bool = True, check: bool = True):
+                 too_long: str = "truncate", add_eos: bool = True):
         if too_long not in TOO_LONG:
             raise LmforgeError(f"too_long must be one of {', '.join(TOO_LONG)}, not {too_long!r}")
         if add_eos and tokenizer.eos_token_id is None:
@@ -240,8 +240,6 @@ class PreferenceEncoder:
         if self.pad_id is None:
             raise LmforgeError("the tokenizer has neither a pad nor an EOS token to pad batches with")
         room = max_response_length - len(self.response_prefix) - len(self.response_suffix)
-        if not check:  # only the layout is wanted (scoring a text), not the limits
-            return
         if room < 1:
             raise LmforgeError(f"max_response_length ({max_response_length}) leaves no room for a response")
         if not is_encoder_decoder and max_length <= max_response_length:
@@ -280,7 +278,7 @@ class PreferenceEncoder:
                 toks = toks[:room]
             responses.append(self.response_prefix + toks + self.response_suffix)
         specials = len(self.prompt_prefix) + len(self.prompt_suffix)
-        if not self.is_encoder_decoder and not prompt and not self.prompt_prefix:
+        if self.response_suffix and not self.is_encoder_decoder and not prompt and not self.prompt_prefix:
             raise LmforgeError(f"the pair {pair.id or '?'} has an empty prompt and the tokenizer has no BOS token to "
                                "start the row with; give every pair a prompt")
         prompt_room = self.max_length - specials - (0 if self.is_encoder_decoder else max(map(len, responses)))

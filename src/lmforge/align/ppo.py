@@ -446,8 +446,8 @@ class PPOTraining:
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"{cfg.rollout_batch_size // cfg.num_minibatches}-{math.ceil(cfg.rollout_batch_size / cfg.num_minibatches)}"
-                f" rollouts per step, {cfg.steps_per_update} steps per update")
+        return (f"{cfg.rollout_batch_size} rollouts per update in {cfg.num_minibatches} minibatch(es), "
+                f"{cfg.steps_per_update} steps per update")
 
     def next_batch(self) -> dict:
         if not self.minibatches:

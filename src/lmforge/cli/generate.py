@@ -112,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--best-of", type=int, metavar="N",
+                        help="sample N responses and print the one --reward-model scores highest (best-of-n)")
+    parser.add_argument("--reward-model", metavar="RM", help="the reward model folder of --best-of")
     parser.add_argument("--compile", action="store_true",
                         help="compile the decoding step with torch.compile (decoder-only models): faster per token "
                              "after a compilation of seconds to tens of seconds")
@@ -123,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stream and args.json:
         raise LmforgeError("--stream and --json cannot be combined; choose one")
     prompt = read_text_file(args.prompt_file, "prompt file") if args.prompt_file else args.prompt
+    if args.best_of is not None or args.reward_model is not None:
+        return print_best_of_n(args, prompt)
     gen = Generator(load_checkpoint(args))
     options = dict(decoding_kwargs(args), seed=args.seed, ignore_eos=args.ignore_eos, truncate=args.truncate,
                    add_bos=args.bos, compile=args.compile)
@@ -142,4 +147,23 @@ def run(args: argparse.Namespace) -> int:
         if len(completions) > 1:
             print(f"--- {i + 1} (score {c.score:.4f}) ---")
         print((prompt or "") + c.text)
+    return 0
+
+
+def print_best_of_n(args: argparse.Namespace, prompt: str | None) -> int:
+    from lmforge.align.best_of_n import best_of_n
+
+    if args.best_of is None or args.reward_model is None:
+        raise LmforgeError("best-of-n needs both --best-of N and --reward-model RM")
+    if args.stream:
+        raise LmforgeError("--best-of cannot stream: every candidate must be finished before one is chosen")
+    options = dict(decoding_kwargs(args), ignore_eos=args.ignore_eos, truncate=args.truncate, add_bos=args.bos)
+    options.pop("num_return_sequences", None)
+    pick = best_of_n(load_checkpoint(args), args.reward_model, prompt or "", args.best_of, seed=args.seed,
+                     **options)[0]
+    if args.json:
+        print(json.dumps(pick.to_dict(), ensure_ascii=False))
+    else:
+        print(f"--- best of {args.best_of} (reward {pick.best.reward:.4f}) ---")
+        print((prompt or "") + pick.best.text)
     return 0

@@ -159,7 +159,8 @@ def load_quantized(folder: Path, hf: dict, dtype: str | None = "float32", device
         layer.pack()
     tokenizer = Tokenizer.from_pretrained(folder) if any((folder / f).is_file() for f in ("tokenizer.json",
                                                                                            "vocab.json")) else None
-    return Checkpoint(model, tokenizer, read_generation_config(folder), folder, f"int{bits}")
+    stored_name = {v: k for k, v in DTYPES.items()}.get(float_dtype, str(float_dtype))
+    return Checkpoint(model, tokenizer, read_generation_config(folder), folder, stored_name)
 
 
 def _gather(stored: dict, names: list[str], source: str) -> torch.Tensor:

@@ -179,8 +179,8 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
 
     folder = resolve_model(folder)
     hf = read_config(folder)
-    if "quantization_config" in hf:  # integer weights: quant/folder.py
-        from lmforge.quant.folder import load_quantized
+    if "quantization_config" in hf:  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import load_quantized
 
         return load_quantized(folder, hf, dtype, device)
     family = FAMILIES[hf["model_type"]]
@@ -218,8 +218,8 @@ def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=Non
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
     from lmforge.quant.model import is_quantized
 
-    if is_quantized(model):  # integer weights: quant/folder.py
-        from lmforge.quant.folder import save_quantized
+    if is_quantized(model):  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import save_quantized
 
         if dtype:
             raise LmforgeError("a quantized model is saved with its integer weights as they are; drop the dtype")

@@ -68,3 +68,13 @@ def quantization_config(model: nn.Module) -> dict:
     return {"quant_method": QUANT_METHOD, "bits": first.bits, "group_size": first.group_size,
             "scheme": "symmetric, weight-only, " + ("per output channel" if first.bits == 8 else "per group of inputs"),
             "modules": list(layers)}
+
+
+def prepare_training_base(model: nn.Module, method: str | None, adapting: bool, source: str) -> None:
+    """A training run's base model: quantized at load if `method`; integer weights do not train, so a quantized
+    base trains only through an adapter (which LoRA wraps around its QuantLinear layers)."""
+    if method is not None:
+        quantize_model(model, method)
+    if is_quantized(model) and not adapting:
+        raise LmforgeError(f"{source} holds quantized (integer) weights, which do not train; train an adapter over "
+                           "them (adapter.method lora), or fine-tune the float model")

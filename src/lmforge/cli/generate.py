@@ -37,6 +37,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", metavar="DIR",
                         help="a PEFT adapter folder (LoRA, prefix or prompt tuning) to apply to MODEL, e.g. the best/ "
                              "checkpoint of a run with adapter.method")
+    from lmforge.cli.convert import add_quantize_arguments
+
+    add_quantize_arguments(parser, "quantize MODEL's linear layers at load")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +100,8 @@ def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     sequences = (getattr(args, "num_beams", None) or 1) * (getattr(args, "num_return_sequences", None) or 1) * \
         (getattr(args, "batch_size", None) or getattr(args, "max_batch", None) or 1)
     check_generation(args.model, sequences, args.max_memory, args.device)
-    ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter)
+    ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter, quantize=args.quantize,
+                        group_size=args.group_size, quantize_head=args.quantize_head)
     require_finite_weights(ckpt.model, args.adapter or args.model)
     if need_tokenizer and ckpt.tokenizer is None:
         raise LmforgeError(f"{args.model} has no tokenizer (tokenizer.json or vocab.json); save one in the folder")

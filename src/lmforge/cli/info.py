@@ -28,7 +28,14 @@ def describe(path: str) -> dict:
         "tokenizer": ckpt.tokenizer.kind if ckpt.tokenizer is not None else None,
         "tokenizer_vocab_size": ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else None,
         "non_finite_weights": non_finite_weights(model),  # tensor -> how many NaN or infinite values it holds
+        "quantization": _quantization(model),
     }
+
+
+def _quantization(model) -> dict | None:
+    from lmforge.quant import is_quantized, quantization_config
+
+    return quantization_config(model) if is_quantized(model) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  context       {info['context_length']} tokens")
     print(f"  vocabulary    {info['vocab_size']:,}")
     print(f"  dtype         {info['dtype']}")
+    q = info["quantization"]
+    if q:
+        group = f", groups of {q['group_size']} inputs" if q["group_size"] else ", a scale per output channel"
+        print(f"  quantization  int{q['bits']} weights{group} ({len(q['modules'])} linear layers"
+              f"{', output head included' if 'lm_head' in q['modules'] else ''})")
     tok = info["tokenizer"]
     print(f"  tokenizer     {tok + ' (' + format(info['tokenizer_vocab_size'], ',') + ' tokens)' if tok else 'none'}")
     bad = info["non_finite_weights"]

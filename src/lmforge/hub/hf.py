@@ -197,6 +197,10 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
 
     folder = resolve_model(folder)
     hf = read_config(folder)
+    if "quantization_config" in hf:  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import load_quantized
+
+        return load_quantized(folder, hf, dtype, device)
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
     hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
@@ -251,6 +255,14 @@ def read_generation_config(folder: Path) -> dict:
 def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=None,
                 generation_config: dict | None = None, dtype: str | None = None) -> Path:
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
+    from lmforge.quant.model import is_quantized
+
+    if is_quantized(model):  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import save_quantized
+
+        if dtype:
+            raise LmforgeError("a quantized model is saved with its integer weights as they are; drop the dtype")
+        return save_quantized(model, folder, tokenizer, generation_config)
     folder = Path(folder)
     family = FAMILIES[model.config.family]  # the config family is the HF model_type
     hf = family.config_to_hf(model.config)

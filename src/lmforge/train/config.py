@@ -284,6 +284,13 @@ def parse_overrides(cls: type, items: list[str]) -> dict:
     return out
 
 
+def quantize_field():
+    """A task config's `quantize`: the base model's linear layers as integers under the adapter it trains."""
+    return field(default=None, metadata={
+        "help": "int8 or int4: quantize init_from's linear layers at load and train an adapter over them, frozen "
+                "(LoRA on an 8-bit base); null: as stored"})
+
+
 def adapter_checks(config) -> list[tuple[bool, str]]:
     """The checks of a task config's `adapter` section, and what it asks of the rest of the run."""
     adapter = config.adapter
@@ -292,6 +299,9 @@ def adapter_checks(config) -> list[tuple[bool, str]]:
          f"adapter.method {adapter.method} adapts a trained model: set init_from to a model folder or Hub name"),
         (not adapter.enabled or config.distributed != "fsdp",
          "an adapter trains on one process or with distributed ddp; fsdp shards whole models (full fine-tuning)"),
+        (config.quantize in (None, "int8", "int4"), f"quantize must be int8, int4 or null, not {config.quantize!r}"),
+        (config.quantize is None or adapter.enabled,
+         "quantize freezes the base model's weights as integers: train an adapter over them (adapter.method lora)"),
     ]
 
 

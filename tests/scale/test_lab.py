@@ -129,7 +129,8 @@ def test_ctrl_c_stops_the_sweep_and_keeps_the_finished_runs(tmp_path, corpus, mo
 
 @pytest.mark.parametrize("changes, message", [
     ({"budgets": [100]}, "too small for the smallest model"),
-    ({"max_epochs": 0.01}, "the corpus is too small"),
+    ({"max_epochs": 0.01}, "is too small for the repetition limit"),
+    ({"budgets": [2e7, 5e6]}, "budget is too small for the larger models"),
     ({"memory_fraction": 1e-9}, "GiB to train"),
     ({"budget": [1e9]}, "did you mean budgets"),
     ({"train": {"learning_rat": 1}}, "did you mean learning_rate"),

@@ -168,6 +168,7 @@ def plot_optimal(result, path: Path) -> None:
                     color="#d62728", label="the predicted run")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(_plt().NullFormatter())
         ax.set_xlabel("compute C (FLOPs)")
         ax.set_ylabel("N_opt (parameters)" if which == "N" else "D_opt (tokens)")
         ax.grid(alpha=0.3, which="both")

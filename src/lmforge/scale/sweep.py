@@ -8,7 +8,8 @@
                  schedule longer than the run biases the fit); compute C = 6 N D with N every parameter
                  (as Chinchilla counts them) and D the tokens the run trains on
     checks       before any training: a budget too small for the smallest model to take a step, a model that
-                 does not fit memory, a run that would see its corpus more than max_epochs times
+                 does not fit memory; pairs that would take fewer than min_steps steps or see the corpus more
+                 than max_epochs times are left out, and a budget left with fewer than 3 sizes is an error
     run          sequentially in this process (default) or as `workers` subprocesses sharing the cores; a
                  finished run is read back from its folder, an interrupted one resumed, a failed one reported
                  while the rest go on; Ctrl-C stops after saving the run in progress
@@ -264,22 +265,28 @@ def make_plan(lab: LabConfig, train_tokens: int, vocab_size: int) -> Plan:
                            f"({smallest:,} parameters) to take one step of {tokens_per_step:,} tokens "
                            f"({6 * smallest * tokens_per_step:.3g} FLOPs); raise the budgets or shrink the model")
     for budget in lab.budgets:
+        kept, reasons = 0, []
         for shape in shapes:
             n = parameters_of(lab, shape, vocab_size)
             iters = round(budget / (6 * n * tokens_per_step))
+            tokens = iters * tokens_per_step
             name = run_name(shape, budget)
             if iters < lab.min_steps:
-                skipped.append(f"{name}: {iters} step(s) < min_steps {lab.min_steps}")
-                continue
-            tokens = iters * tokens_per_step
-            runs.append(PlannedRun(name, shape, n, budget, iters, tokens, 6.0 * n * tokens, tokens / train_tokens))
-    if not runs:
-        raise LmforgeError(f"no pair of a size and a budget gives min_steps ({lab.min_steps}) steps; raise the budgets")
-    worst = max(runs, key=lambda r: r.epochs)
-    if worst.epochs > lab.max_epochs:
-        raise LmforgeError(f"the corpus is too small: run {worst.name} would see its {train_tokens:,} training tokens "
-                           f"{worst.epochs:.1f} times (max_epochs {lab.max_epochs:g}); use a bigger corpus, smaller "
-                           "budgets or larger models")
+                reasons.append(f"{name}: {iters} step(s), fewer than min_steps {lab.min_steps}")
+            elif tokens > lab.max_epochs * train_tokens:
+                reasons.append(f"{name}: would see the corpus {tokens / train_tokens:.1f} times, more than "
+                               f"max_epochs {lab.max_epochs:g}")
+            else:
+                runs.append(PlannedRun(name, shape, n, budget, iters, tokens, 6.0 * n * tokens, tokens / train_tokens))
+                kept += 1
+        skipped += reasons
+        if kept < 3:
+            repeated = [r for r in reasons if "max_epochs" in r]
+            why = (f"the corpus ({train_tokens:,} training tokens) is too small for the repetition limit"
+                   if repeated else "the budget is too small for the larger models")
+            raise LmforgeError(f"only {kept} size(s) of the budget {budget:.3g} FLOPs can be trained and an IsoFLOP "
+                               f"curve needs 3: {why} ({(repeated or reasons)[0]}); change the budgets or sizes"
+                               + (" or use a bigger corpus" if repeated else ""))
     return Plan(runs, skipped, tokens_per_step, train_tokens, vocab_size)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from lmforge.errors import LmforgeError
 
-DECODER_FAMILIES = ("gpt2", "opt", "llama", "mistral", "qwen2")
+DECODER_FAMILIES = ("gpt2", "opt", "llama", "mistral", "qwen2", "openai-gpt")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ModelConfig:
     gated_mlp: bool = False  # SwiGLU-style gate (Llama family)
     position: str = "learned"  # learned | rope
     position_offset: int = 0  # OPT stores positions shifted by 2
+    post_norm: bool = False  # GPT-1: x = norm(x + f(x)) in each block, and no final norm
     rope_theta: float = 10000.0
     sliding_window: int | None = None  # Mistral; sequences beyond it are refused
     tie_word_embeddings: bool = True
@@ -75,6 +76,9 @@ class ModelConfig:
 def family_defaults(family: str) -> dict:
     if family == "gpt2":
         return dict(family="gpt2", norm="layernorm", activation="gelu_tanh", position="learned", bias=True)
+    if family == "openai-gpt":
+        return dict(family="openai-gpt", norm="layernorm", activation="gelu", position="learned", bias=True,
+                    post_norm=True)
     if family == "opt":
         return dict(family="opt", norm="layernorm", activation="relu", position="learned", bias=True,
                     position_offset=2)

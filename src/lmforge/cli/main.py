@@ -26,9 +26,10 @@ VERBS = {
     "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype, quantize int8/int4)"),
     "merge": ("merge", "fold a LoRA adapter into its base model and write a plain model folder"),
     "export": ("export", "write a model in another format: gguf (llama.cpp), f32, f16 or q8_0"),
-    "info": ("info", "describe a checkpoint folder or Hub model: family, size, context, vocabulary, dtype"),
+    "info": ("info", "describe a checkpoint folder, Hub model or preset (gpt3-175b): size, costs, context, dtype"),
     "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API, with a playground page"),
     "download": ("download", "fetch a Hub model or data set into the cache ahead of time and print its path"),
+    "scale": ("scale", "the scaling-law lab: train a grid of sizes × budgets, fit the laws, predict a bigger run"),
     "demo": ("demo", "train a small GPT offline, compare decoding strategies, write a report"),
 }
 

@@ -1,4 +1,4 @@
-"""DecoderLM: one decoder-only transformer for GPT-2, OPT and the Llama family (llama, mistral, qwen2).
+"""DecoderLM: one decoder-only transformer for GPT-1, GPT-2, OPT and the Llama family (llama, mistral, qwen2).
 
 Read top to bottom: attention, block, model. The family differences are knobs of `ModelConfig`:
 learned or rotary positions, LayerNorm or RMSNorm, GELU/ReLU or SwiGLU, biases, grouped-query
@@ -53,7 +53,8 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); post-norm (GPT-1):
+    norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -62,8 +63,14 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.n_embd, cfg.intermediate_size, cfg.activation, cfg.gated_mlp, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.post_norm = cfg.post_norm
 
     def forward(self, x, mask, is_causal, rope, cache):
+        if self.post_norm:
+            h = self.attn(x, mask, is_causal, rope, cache)
+            x = self.ln1(x + (self.drop(h) if self.training else h))
+            h = self.mlp(x)
+            return self.ln2(x + (self.drop(h) if self.training else h))
         h = self.attn(self.ln1(x), mask, is_causal, rope, cache)
         x = x + (self.drop(h) if self.training else h)  # skipping the no-op call speeds up decoding
         h = self.mlp(self.ln2(x))
@@ -85,7 +92,7 @@ class DecoderLM(nn.Module):
             self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.ln_f = nn.Identity() if cfg.post_norm else make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.virtual_tokens = None  # positions every sequence starts with (prefix or prompt tuning: adapt/prefix.py)
         self.init_weights()

@@ -1,0 +1,1 @@
+"""Model arithmetic (parameters, FLOPs, memory) and the scaling-law lab: sweep, fits, report."""

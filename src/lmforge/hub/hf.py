@@ -59,8 +59,10 @@ def read_config(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise LmforgeError(f"{folder} has no config.json; give a Hugging Face or lmforge model folder")
     hf = read_json(path)
+    if not isinstance(hf, dict):
+        raise LmforgeError(f"{path} holds a JSON {type(hf).__name__}, not an object of settings; the folder may be corrupt")
     model_type = hf.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise LmforgeError(f"{path}: model_type {model_type!r} is not supported; "
                            f"supported: {', '.join(sorted(FAMILIES))}")
     return hf
@@ -202,11 +204,16 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
 
         return load_quantized(folder, hf, dtype, device)
     family = FAMILIES[hf["model_type"]]
-    config = family.config_from_hf(hf)
+    try:  # a value of the wrong type or range ("n_head": {}, "vocab_size": -1) fails while the model is built
+        config = family.config_from_hf(hf)
+        with torch.device("meta"):
+            model = family.model_class(config)
+        maps = family.weight_map(config)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
+        raise LmforgeError(f"{folder / 'config.json'} holds a value this {hf['model_type']} model cannot be built "
+                           f"with ({type(exc).__name__}: {exc}); compare it with the config.json that the tool "
+                           "which wrote the model saved") from None
     hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
-    with torch.device("meta"):
-        model = family.model_class(config)
-    maps = family.weight_map(config)
     state = import_weights(hf_state, maps, model, family.optional_prefix, str(folder))
     stored = next(iter(state.values())).dtype
     target = DTYPES[dtype] if dtype else stored

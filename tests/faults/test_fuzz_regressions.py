@@ -38,3 +38,24 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(pool):
     """Was: the same for `train` (its run folder, with the data tokenized into it)."""
     check(pool, ["train", "--out_dir", "out/run", "--data.source", str(pool.text), "--model.block_size", "4096",
                  "--max_iters", "1", "--quiet"], message="lower model.block_size")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("activation_function", [], "holds a value this gpt2 model cannot be built with"),
+    ("bos_token_id", [], "holds a value this gpt2 model cannot be built with"),
+    ("model_type", {}, "model_type {} is not supported"),
+    ("n_layer", 10**12, "asks for 1,000,000,000,000 layers"),
+])
+def test_a_config_json_with_a_value_of_the_wrong_type(pool, key, value, message):
+    """Was: TypeError/IndexError tracebacks from `lmforge info` (found after the merges), and a hang building 10^12
+    layers."""
+    import json
+    import shutil
+
+    folder = pool.root / f"config-{key}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(pool.model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    check(pool, ["info", str(folder)], message=message)

@@ -192,6 +192,9 @@ def load_tokenizer(name_or_folder: str | os.PathLike):
     return Tokenizer.from_pretrained(folder if folder.is_dir() else resolve_model(folder, need="tokenizer"))
 
 
+MAX_LAYERS = 10_000
+
+
 def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device: str = "cpu") -> Checkpoint:
     """Load a Hugging Face or lmforge model folder, or a Hub name (`gpt2`, `facebook/opt-125m@main`) from the
     Hugging Face cache, downloaded when needed (hub/remote.py). `dtype=None` keeps the stored dtype."""
@@ -206,6 +209,10 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     family = FAMILIES[hf["model_type"]]
     try:  # a value of the wrong type or range ("n_head": {}, "vocab_size": -1) fails while the model is built
         config = family.config_from_hf(hf)
+        layers = max((v for k, v in vars(config).items() if "layer" in k and isinstance(v, int)), default=0)
+        if layers > MAX_LAYERS:  # building that many modules, even without memory, would not end
+            raise LmforgeError(f"{folder / 'config.json'} asks for {layers:,} layers; no model has more than "
+                               f"{MAX_LAYERS:,}, so the file is corrupt")
         with torch.device("meta"):
             model = family.model_class(config)
         maps = family.weight_map(config)

@@ -39,8 +39,6 @@ def no_server(monkeypatch):
 
 
 def fuzz(verb: str, pool: Pool, cases: int, seconds: float) -> None:
-    failures = []
-
     @settings(max_examples=cases, derandomize=True, database=None, deadline=None, print_blob=True,
               suppress_health_check=list(HealthCheck))
     @given(st.data())
@@ -55,7 +53,6 @@ def fuzz(verb: str, pool: Pool, cases: int, seconds: float) -> None:
         if os.environ.get("LMFORGE_FUZZ_ECHO"):
             print(f"{outcome.status} lmforge {' '.join(outcome.argv)}\n    {outcome.stderr.strip()[-300:]}")
         if outcome.problems:
-            failures.append(outcome)
             raise AssertionError(f"lmforge {' '.join(outcome.argv)}: {'; '.join(outcome.problems)}\n"
                                  f"stderr: {outcome.stderr[-2000:]}")
 
@@ -71,8 +68,10 @@ def test_fuzz_every_verb(verb, pool):
 @pytest.mark.parametrize("verb", ALL_VERBS)
 def test_fuzz_every_verb_long(verb, pool):
     cases = int(os.environ.get("LMFORGE_FUZZ_CASES", "300"))
-    fuzz(verb, pool, cases if verb not in DEFAULT_CASES else max(cases // 5, 1), seconds=SECONDS.get(verb, 30))
-    report = os.environ.get("LMFORGE_FUZZ_REPORT")
-    if report:
-        with open(report, "w", encoding="utf-8") as f:
-            json.dump(TALLY.table(), f, indent=2)
+    try:
+        fuzz(verb, pool, cases if verb not in DEFAULT_CASES else max(cases // 5, 1), seconds=SECONDS.get(verb, 30))
+    finally:  # the tally so far (a failing verb's cases include hypothesis's replays while it shrinks the failure)
+        report = os.environ.get("LMFORGE_FUZZ_REPORT")
+        if report:
+            with open(report, "w", encoding="utf-8") as f:
+                json.dump(TALLY.table(), f, indent=2)

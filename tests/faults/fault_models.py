@@ -31,8 +31,8 @@ def tiny_model_folder(folder: Path, seed: int = 0, **overrides) -> Path:
 
 
 def pair_file(path: Path, n: int = 24) -> Path:
-    words = ("cat", "dog", "bird", "fox")
-    rows = [{"text": f"the {words[i % 4]} sat on the mat {i}", "summary": words[i % 4]} for i in range(n)]
+    words, places = ("king", "queen", "lord", "prince"), ("night", "now", "thee", "you")
+    rows = [{"text": f"the {words[i % 4]} speak to {places[i // 4 % 4]}", "summary": words[i % 4]} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 

@@ -79,6 +79,8 @@ class Pool:
         self.adapter = self._adapter(root / "adapter")
         self.text = root / "corpus.txt"
         self.text.write_text(TEXT * 8, encoding="utf-8")
+        self.long_text = root / "long-corpus.txt"  # enough for the demo's validation split
+        self.long_text.write_text(TEXT * 60, encoding="utf-8")
         self.pairs = pair_file(root / "pairs.jsonl")
         self.prompts = root / "prompts.txt"
         self.prompts.write_text("the king\nwhat say\n", encoding="utf-8")
@@ -292,7 +294,7 @@ def base_argv(verb: str, pool: Pool) -> list[str]:
         "info": [model],
         "serve": [model, "--port", "0"],
         "download": ["gpt2", "--offline"],
-        "demo": ["--minutes", "0.002", "--data", str(pool.text), "--out", "out/demo", "--max-new-tokens", "2",
+        "demo": ["--minutes", "0.002", "--data", str(pool.long_text), "--out", "out/demo", "--max-new-tokens", "2",
                  "--quiet"],
     }[verb]
 

@@ -29,7 +29,7 @@ BEST_STAGES = ("weights", "written", "published")
 SAVE_POINTS = [f"last/{s}:{n}" for n in (1, 2) for s in LAST_STAGES] + \
               [f"best/{s}:{n}" for n in (1, 2) for s in BEST_STAGES] + ["last/moved_aside:1", "best/moved_aside:1"]
 STEP_POINTS = ["step:2", "step:5", "step:7"]
-DEFAULT = {"last/optimizer:2", "last/published:2", "last/moved_aside:1", "step:5"}  # the rest run under -m slow
+DEFAULT = {"last/optimizer:2", "last/moved_aside:1", "step:5"}  # the rest run under -m slow
 POINTS = [pytest.param(p, marks=() if p in DEFAULT else pytest.mark.slow) for p in SAVE_POINTS + STEP_POINTS]
 
 

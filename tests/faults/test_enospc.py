@@ -25,7 +25,7 @@ SAFETENSORS_ENOSPC = ('Error while serializing: IoError(Os { code: 28, kind: Sto
 POINTS = {"last/model.safetensors:2": 4, "last/optimizer:2": 4, "last/training_state:2": 4, "last/written:2": 4,
           "best/weights:2": 4, "best/written:1": None, "metrics:2": None, "log:6": 4, "config:1": None,
           "plot:1": 8}
-DEFAULT = {"last/model.safetensors:2", "last/training_state:2", "log:6"}
+DEFAULT = {"last/model.safetensors:2", "log:6"}
 
 
 def full_disk():

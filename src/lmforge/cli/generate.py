@@ -97,8 +97,8 @@ def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     from lmforge.hub.hf import require_finite_weights
     from lmforge.memory import check_generation
 
-    sequences = (getattr(args, "num_beams", None) or 1) * (getattr(args, "num_return_sequences", None) or 1) * \
-        (getattr(args, "batch_size", None) or getattr(args, "max_batch", None) or 1)
+    # the least the command needs: one prompt's beams and returned sequences (batches and servers may hold more)
+    sequences = (getattr(args, "num_beams", None) or 1) * (getattr(args, "num_return_sequences", None) or 1)
     check_generation(args.model, sequences, args.max_memory, args.device)
     ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter, quantize=args.quantize,
                         group_size=args.group_size, quantize_head=args.quantize_head)

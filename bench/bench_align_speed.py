@@ -92,7 +92,7 @@ def run_trl(folder: Path, pairs: list[dict], steps: int, batch: int, work: Path)
     args = DPOConfig(output_dir=str(work / f"trl-{time.time_ns()}"), per_device_train_batch_size=batch,
                      max_steps=steps, learning_rate=1e-5, beta=0.1, loss_type="sigmoid", report_to=[], use_cpu=True,
                      bf16=False, fp16=False, save_strategy="no", logging_strategy="no", max_length=None, seed=0,
-                     dataloader_num_workers=0, lr_scheduler_type="constant")
+                     dataloader_num_workers=0, lr_scheduler_type="constant", gradient_checkpointing=False)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(pairs),
                          processing_class=tok, callbacks=[Timer()])
     trainer.train()

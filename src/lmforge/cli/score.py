@@ -7,6 +7,7 @@ import argparse
 import json
 
 from lmforge.cli.generate import add_model_argument, load_checkpoint, read_text_file
+from lmforge.errors import LmforgeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.file, "text file") if args.file else args.text
     if is_reward_folder(args.model):
         return print_reward(args, text)
+    if args.prompt:
+        raise LmforgeError(f"--prompt applies to reward models; {args.model} is a language model: score the whole "
+                           "text with --text")
     ckpt = load_checkpoint(args)
     result = score_text(ckpt.model, ckpt.tokenizer, text, bos=args.bos)
     if args.json:
@@ -43,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
 def print_reward(args: argparse.Namespace, text: str) -> int:
     from lmforge.align.reward_model import load_reward_model, score_texts
-    from lmforge.errors import LmforgeError
 
     if args.adapter:
         raise LmforgeError(f"{args.model} is a reward model; it takes no --adapter")

@@ -21,7 +21,7 @@ def describe(path: str) -> dict:
         "path": str(path),
         "family": cfg.family,
         "architecture": "encoder-decoder" if getattr(model, "is_encoder_decoder", False) else "decoder-only",
-        "parameters": model.num_parameters(),
+        "parameters": model.num_parameters() + _quantized_weights(model),
         "context_length": context,
         "vocab_size": cfg.vocab_size,
         "dtype": ckpt.stored_dtype,
@@ -29,6 +29,13 @@ def describe(path: str) -> dict:
         "tokenizer_vocab_size": ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else None,
         "quantization": _quantization(model),
     }
+
+
+def _quantized_weights(model) -> int:
+    """Weights held as integers (quantized layers), which are buffers, not parameters."""
+    from lmforge.quant import quantized_layers
+
+    return sum(layer.in_features * layer.out_features for layer in quantized_layers(model).values())
 
 
 def _quantization(model) -> dict | None:

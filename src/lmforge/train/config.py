@@ -289,13 +289,14 @@ def quantize_field():
 def adapter_checks(config) -> list[tuple[bool, str]]:
     """The checks of a task config's `adapter` section, and what it asks of the rest of the run."""
     adapter = config.adapter
+    quantize = getattr(config, "quantize", None)  # tasks without a quantize setting train float models
     return adapter.checks() + [
         (not adapter.enabled or config.init_from != "scratch",
          f"adapter.method {adapter.method} adapts a trained model: set init_from to a model folder or Hub name"),
         (not adapter.enabled or config.distributed != "fsdp",
          "an adapter trains on one process or with distributed ddp; fsdp shards whole models (full fine-tuning)"),
-        (config.quantize in (None, "int8", "int4"), f"quantize must be int8, int4 or null, not {config.quantize!r}"),
-        (config.quantize is None or adapter.enabled,
+        (quantize in (None, "int8", "int4"), f"quantize must be int8, int4 or null, not {quantize!r}"),
+        (quantize is None or adapter.enabled,
          "quantize freezes the base model's weights as integers: train an adapter over them (adapter.method lora)"),
     ]
 

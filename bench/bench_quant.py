@@ -129,10 +129,11 @@ def bench_rows(folder: Path, hf, systems: list[str], reps: int, new: int) -> lis
 
 MEMORY_CHILD = """
 import resource, sys, torch
+import lmforge
 sys.path.insert(0, {bench!r})
-from bench_quant import load, run_ours
+from bench_quant import run_ours
 torch.set_num_threads({threads})
-model = load({folder!r}, {system!r})
+model = lmforge.load({folder!r}).model
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 run_ours(model, torch.zeros(1, 16, dtype=torch.long), 16, dict(do_sample=False), False, 0)
 print(loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -140,8 +141,16 @@ print(loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_memory(folder: Path, system: str, threads: int) -> dict:
-    """Peak RSS (MiB) of a fresh process after loading `system`, and after generating 16 tokens with it."""
-    code = MEMORY_CHILD.format(bench=str(Path(__file__).parent), threads=threads, folder=str(folder), system=system)
+    """Peak RSS (MiB) of a fresh process after loading `system` (a quantized system from its converted folder),
+    and after generating 16 tokens with it."""
+    import lmforge
+
+    if SYSTEMS[system][0] is not None:
+        converted = folder.parent / system
+        if not converted.exists():
+            lmforge.save(load(folder, system), converted)
+        folder = converted
+    code = MEMORY_CHILD.format(bench=str(Path(__file__).parent), threads=threads, folder=str(folder))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     loaded, generated = (int(x) / 1024 for x in out[-2:])
     return {"after_load_mib": loaded, "after_generate_mib": generated}
@@ -188,9 +197,27 @@ def main() -> None:
         "results": results,
     }
     write_report(report, Path(args.out))
-    for r in results:
-        print(f"{r['row']:8s} " + "  ".join(f"{k} {v:.1f} ms ({r['ratio_to_float32_floor'][k]:.2f}x floor)"
-                                            for k, v in r["ms_per_step"].items()))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The bench/README.md table: ms per decoding step (median) and its ratio to the float32 memory floor."""
+    rows = report["results"]
+    systems = list(dict.fromkeys(k for r in rows for k in r["ms_per_step"]))
+    lines = ["| system | " + " | ".join(f"{r['row']} (batch {r['batch']}, {r['new_tokens']} tokens)" for r in rows)
+             + " | weights MiB | peak RSS MiB (load / generate) |", "|---" * (len(rows) + 3) + "|"]
+    for name in systems:
+        cells = [f"{r['ms_per_step'][name]:.1f} ms ({r['ratio_to_float32_floor'][name]:.2f}x)"
+                 if name in r["ms_per_step"] else "" for r in rows]
+        weights = report["weight_bytes"].get(name.removesuffix("_compiled"))
+        rss = report["peak_rss"].get(name)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {weights / 2**20:.0f} |" if weights else
+                     f"| {name} | " + " | ".join(cells) + " | |")
+        if rss:
+            lines[-1] += f" {rss['after_load_mib']:.0f} / {rss['after_generate_mib']:.0f} |"
+        else:
+            lines[-1] += " |"
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

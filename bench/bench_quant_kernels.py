@@ -77,6 +77,9 @@ def candidates(weights: list[torch.Tensor], rows: int) -> dict:
     int8 = [int8_weight(w) for w in weights]
     found["int8_int8pack_mm"] = (torch.ops.aten._weight_int8pack_mm, [(x, w8, s8) for w8, s8 in int8])
     found["int8_bf16act_int8pack_mm"] = (bf16_int8pack_mm, [(x, w8, s8.to(torch.bfloat16)) for w8, s8 in int8])
+    if rows < 4:  # does the kernel's 4-row path, on padded rows, beat its 1-row path?
+        found["int8_bf16act_int8pack_mm_pad4"] = (bf16_int8pack_mm_pad4, [(x, w8, s8.to(torch.bfloat16))
+                                                                          for w8, s8 in int8])
     found["int8_dequant_linear_eager"] = (dequant_linear, [(x, w8, s8) for w8, s8 in int8])
     found["int8_dequant_linear_compiled"] = (torch.compile(dequant_linear, dynamic=False),
                                              [(x, w8, s8) for w8, s8 in int8])
@@ -111,6 +114,12 @@ def bf16_linear(x, w):
 
 def bf16_int8pack_mm(x, w8, scale):
     return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), w8, scale).float()
+
+
+def bf16_int8pack_mm_pad4(x, w8, scale):
+    padded = x.new_zeros(4, x.shape[1], dtype=torch.bfloat16)
+    padded[: x.shape[0]] = x
+    return torch.ops.aten._weight_int8pack_mm(padded, w8, scale)[: x.shape[0]].float()
 
 
 def dequant_linear(x, w8, scale):

@@ -88,27 +88,26 @@ def run_hf(model, ids, new, params, seed):
     return out[:, ids.shape[1]:]
 
 
-def bench_rows(folder: Path, hf, systems: list[str], reps: int, new: int) -> list[dict]:
+def bench_rows(folder: Path, hf, systems: list[str], reps: int, new: int, wanted: list[str], on_row) -> dict:
     shared: dict = {}  # a compiled system decodes the eager one's model (compiling does not change it)
     models = {name: shared.setdefault(SYSTEMS[name][:2], load(folder, name)) if SYSTEMS[name][:2] not in shared
               else shared[SYSTEMS[name][:2]] for name in systems}
     rows = [("greedy", 1, new, dict(do_sample=False)), ("beam4", 1, max(8, new // 4), dict(num_beams=4)),
             ("sample8", 8, max(8, new // 4), dict(do_sample=True, top_k=50, top_p=0.95))]
     results = []
-    for row, batch, tokens, params in rows:
+    weight_bytes = {name: stored_bytes(models[name]) for name in systems}
+    for row, batch, tokens, params in (r for r in rows if r[0] in wanted):
         ids = torch.randint(0, GPT2_SMALL["vocab_size"], (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
         calls = {name: functools.partial(run_ours, models[name], ids, tokens, params, SYSTEMS[name][2])
                  for name in systems if row == "greedy" or not SYSTEMS[name][2]}  # compiled: the greedy row only
         calls["transformers_float32"] = functools.partial(run_hf, hf, ids, tokens, params)
-        first = {}
+        first, outputs = {}, {}
         for name, fn in calls.items():  # warm-up: the compiled systems compile here
             t = time.perf_counter()
-            fn(0)
+            outputs[name] = fn(0)
             first[name] = time.perf_counter() - t
-        greedy_same = {}
-        if row == "greedy":
-            reference = calls["float32"](0)
-            greedy_same = {name: calls[name](0).tolist() == reference.tolist() for name in systems if name in calls}
+        greedy_same = {name: outputs[name].tolist() == outputs["float32"].tolist() for name in systems
+                       if name in outputs} if row == "greedy" else {}
         times = {name: [] for name in calls}
         names = list(calls)
         for rep in range(reps):
@@ -124,7 +123,8 @@ def bench_rows(folder: Path, hf, systems: list[str], reps: int, new: int) -> lis
             "same_greedy_tokens_as_float32": greedy_same,
         })
         print(row, {k: round(v, 1) for k, v in results[-1]["ms_per_step"].items()}, flush=True)
-    return results, {name: stored_bytes(models[name]) for name in systems}
+        on_row(results, weight_bytes)
+    return weight_bytes
 
 
 MEMORY_CHILD = """
@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128, help="new tokens of the greedy row")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled systems")
+    parser.add_argument("--rows", default="greedy,beam4,sample8")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="peak RSS of each system in a fresh process")
     parser.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", "smoke"],
                         help="smoke: a 2-layer model, to try the script quickly")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant_speed.json"))
@@ -173,30 +176,34 @@ def main() -> None:
     load_before = os.getloadavg()
     start = time.perf_counter()
     bandwidth = copy_bandwidth(args.threads)
+    report = {
+        "benchmark": "quant_speed",
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "machine": machine(), "cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "peak_rss": {},
+    }
+
+    def write(results: list[dict], weight_bytes: dict) -> None:  # after every row: a run cut short keeps its rows
+        floor_ms = 1e3 * weight_bytes["float32"] / bandwidth
+        for r in results:
+            r["ratio_to_float32_floor"] = {k: v / floor_ms for k, v in r["ms_per_step"].items()}
+        report.update(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      load_average_1_5_15min={"before": load_before, "after": os.getloadavg()},
+                      wall_s=time.perf_counter() - start, float32_floor_ms_per_step=floor_ms,
+                      weight_bytes=weight_bytes, results=results,
+                      parent_peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        write_report(report, Path(args.out))
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "gpt2-small"
         hf = build(folder)
-        results, weight_bytes = bench_rows(folder, hf, systems, args.reps, args.new)
-        float_bytes = weight_bytes["float32"]
-        memory = {name: peak_memory(folder, name, args.threads) for name in systems if not SYSTEMS[name][2]}
-    floor_ms = 1e3 * float_bytes / bandwidth
-    for r in results:
-        r["ratio_to_float32_floor"] = {k: v / floor_ms for k, v in r["ms_per_step"].items()}
-    report = {
-        "benchmark": "quant_speed",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "machine": machine(), "cpu_flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
-        "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
-        "wall_s": time.perf_counter() - start,
-        "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "float32_floor_ms_per_step": floor_ms,
-        "weight_bytes": weight_bytes,
-        "peak_rss": memory,
-        "parent_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "results": results,
-    }
-    write_report(report, Path(args.out))
+        weight_bytes = bench_rows(folder, hf, systems, args.reps, args.new, args.rows.split(","),
+                                  lambda results, wb: write(results, wb))
+        if args.memory:
+            report["peak_rss"] = {name: peak_memory(folder, name, args.threads) for name in systems
+                                  if not SYSTEMS[name][2]}
+            write(report["results"], weight_bytes)
     print(markdown(report))
 
 

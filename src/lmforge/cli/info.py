@@ -43,7 +43,7 @@ def describe(path: str) -> dict:
         "path": str(path),
         "family": cfg.family,
         "architecture": "encoder-decoder" if getattr(model, "is_encoder_decoder", False) else "decoder-only",
-        "parameters": model.num_parameters(),
+        "parameters": model.num_parameters() + _quantized_weights(model),
         "context_length": context,
         "vocab_size": cfg.vocab_size,
         "dtype": ckpt.stored_dtype,
@@ -53,6 +53,13 @@ def describe(path: str) -> dict:
         "quantization": _quantization(model),
         "_config": cfg,
     }
+
+
+def _quantized_weights(model) -> int:
+    """Weights held as integers (quantized layers), which are buffers, not parameters."""
+    from lmforge.quant import quantized_layers
+
+    return sum(layer.in_features * layer.out_features for layer in quantized_layers(model).values())
 
 
 def _quantization(model) -> dict | None:

@@ -152,3 +152,15 @@ def test_a_parameter_range_follows_the_depth_width_rule(tmp_path, corpus):
     for shape, target in zip(shapes, [5e3 * 10 ** (2 * i / 3) for i in range(4)]):
         assert shape["n_embd"] == 16 * shape["n_layer"] and shape["n_head"] == shape["n_embd"] // 8
         assert abs(math.log(sweep.parameters_of(lab, shape, 90) / target)) < 0.7
+
+
+def test_runs_as_subprocesses_give_the_same_losses_as_in_process(tmp_path, corpus):
+    lab = sweep.load_lab_config(lab_config(tmp_path, corpus, budgets=["2e7"], workers=2))
+    data = sweep.prepare_data(lab, print)
+    runs = sweep.make_plan(lab, 50000, 90).runs[:2]
+    records, interrupted = sweep.run_grid(lab, runs, data, print)
+    assert not interrupted and [r.status for r in records] == ["trained", "trained"]
+    lab.workers = 1
+    lab.out_dir = str(tmp_path / "again")
+    again, _ = sweep.run_grid(lab, runs[:1], data, print)
+    assert again[0].val_loss == pytest.approx(records[0].val_loss, abs=1e-5)  # the same run, bit for bit on CPU

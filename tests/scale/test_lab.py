@@ -85,6 +85,14 @@ def test_a_tiny_grid_end_to_end_then_read_back(tmp_path, corpus, capsys):
     again = json.loads((lab / "scale.json").read_text())
     assert [r["status"] for r in again["runs"]] == ["read back"] * 9
     assert [r["val_loss"] for r in again["runs"]] == [r["val_loss"] for r in runs]
+    lab_cfg = sweep.load_lab_config(config)
+    plan = sweep.PlannedRun(**{k: runs[0][k] for k in ("name", "shape", "parameters", "budget", "max_iters", "tokens",
+                                                       "compute", "epochs")})
+    folder = tmp_path / "lab" / "runs" / plan.name
+    same = sweep.train_config(lab_cfg, sweep.run_overrides(lab_cfg, plan, folder, lab / "data"))
+    assert sweep.read_finished(folder, plan.max_iters, same) is not None
+    same.learning_rate = 0.005  # a run made with other settings is not read back as this one
+    assert sweep.read_finished(folder, plan.max_iters, same) is None
 
 
 def fake_training(fail: str | None = None, interrupt_at: int | None = None):

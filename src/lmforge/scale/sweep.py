@@ -350,8 +350,10 @@ def run_overrides(lab: LabConfig, run: PlannedRun, folder: Path, data: Path, thr
             "patience": 0, "threads": threads, "init_from": "scratch"}
 
 
-def read_finished(folder: Path, max_iters: int) -> dict | None:
-    """The final evaluation of a run that reached max_iters, or None."""
+def read_finished(folder: Path, max_iters: int, config=None) -> dict | None:
+    """The final evaluation of a run that reached max_iters (with the same settings as `config`, a
+    TrainConfig, when given), or None."""
+    from lmforge.train.config import config_difference
     from lmforge.train.report import METRICS, RunFiles
 
     state_path = folder / "last" / "trainer_state.json"
@@ -359,6 +361,8 @@ def read_finished(folder: Path, max_iters: int) -> dict | None:
         return None
     state = json.loads(state_path.read_text(encoding="utf-8"))
     if state.get("iter") != max_iters:
+        return None
+    if config is not None and config_difference(type(config), state["config"], config.to_dict()):
         return None
     final = [r for r in RunFiles(folder).read(METRICS) if r["iter"] == max_iters]
     if not final:
@@ -416,7 +420,8 @@ def run_grid(lab: LabConfig, runs: list[PlannedRun], data: Path, log, quiet: boo
     records = [RunRecord(r, folder=str(Path(lab.out_dir) / folder / r.name)) for r in runs]
     todo = []
     for record in records:
-        final = read_finished(Path(record.folder), record.plan.max_iters)
+        expected = train_config(lab, run_overrides(lab, record.plan, Path(record.folder), data))
+        final = read_finished(Path(record.folder), record.plan.max_iters, expected)
         if final is not None:
             finish_record(record, final, "read back")
         else:

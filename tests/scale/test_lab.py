@@ -165,9 +165,9 @@ def test_a_parameter_range_follows_the_depth_width_rule(tmp_path, corpus):
 def test_runs_as_subprocesses_give_the_same_losses_as_in_process(tmp_path, corpus):
     lab = sweep.load_lab_config(lab_config(tmp_path, corpus, budgets=["2e7"], workers=2))
     data = sweep.prepare_data(lab, print)
-    runs = sweep.make_plan(lab, 50000, 90).runs[:2]
+    runs = sweep.make_plan(lab, 50000, 90).runs[:1]
     records, interrupted = sweep.run_grid(lab, runs, data, print)
-    assert not interrupted and [r.status for r in records] == ["trained", "trained"]
+    assert not interrupted and [r.status for r in records] == ["trained"]
     lab.workers = 1
     lab.out_dir = str(tmp_path / "again")
     again, _ = sweep.run_grid(lab, runs[:1], data, print)

@@ -64,7 +64,8 @@ def plot_curves(result, path: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Training curves coloured by model size (dots: final validation loss)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="parameters", fontsize=8)
+    if labelled:
+        ax.legend(title="parameters", fontsize=8)
     _save(fig, path)
 
 

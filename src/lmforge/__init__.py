@@ -8,15 +8,22 @@ from lmforge.generate import GenerationConfig, Generator  # generate()/stream():
 from lmforge.hub.hf import Checkpoint, load_folder, save_folder
 
 
-def load(path, dtype: str | None = "float32", device: str = "cpu", adapter=None):
+def load(path, dtype: str | None = "float32", device: str = "cpu", adapter=None, quantize: str | None = None,
+         group_size: int | None = None, quantize_head: bool = False):
     """Load a model folder (Hugging Face or lmforge) or a Hub name (`gpt2`). `model, tokenizer = lmforge.load(path)`.
     `adapter`: a PEFT adapter folder (LoRA, prefix or prompt tuning) to apply, as adapter "default"; its
     generation_config.json, if any, overrides the base's. The result takes more adapters
-    (`add_adapter`, `set_adapter`, `disable_adapter`, `remove_adapter`, `merge_adapter`: lmforge.adapt)."""
+    (`add_adapter`, `set_adapter`, `disable_adapter`, `remove_adapter`, `merge_adapter`: lmforge.adapt).
+    `quantize`: "int8" or "int4" quantizes a float model's linear layers at load (before the adapter goes on;
+    lmforge.quant.quantize_model); a quantized folder loads as it is, without it."""
     from lmforge.adapt import AdaptableCheckpoint
     from lmforge.hub.hf import read_generation_config
 
     checkpoint = AdaptableCheckpoint.of(load_folder(path, dtype=dtype, device=device))
+    if quantize is not None:
+        from lmforge.quant import quantize_model
+
+        quantize_model(checkpoint.model, quantize, group_size, head=quantize_head)
     if adapter is not None:
         checkpoint.add_adapter("default", adapter)
         if Path(adapter).is_dir():

@@ -70,8 +70,8 @@ def test_cli_finetune_resume_and_the_old_positional_config(tmp_path, pair_file, 
 
 
 def test_schedule_planned_on_a_time_budget(tmp_path, prepared):
-    result = train(tiny(tmp_path / "run", prepared, max_iters=None, max_minutes=0.03, warmup_iters=1, log_interval=1,
-                        eval_interval=10**6, eval_minutes=0.01, sample_tokens=0, min_lr=1e-5), quiet=True)
+    result = train(tiny(tmp_path / "run", prepared, max_iters=None, max_minutes=0.1, warmup_iters=1, log_interval=1,
+                        eval_interval=10**6, eval_minutes=0.02, sample_tokens=0, min_lr=1e-5), quiet=True)
     assert result.stopped == "max_minutes" and result.iters >= 3  # however loaded the machine
     log = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in log[1:]]

@@ -423,6 +423,10 @@ def merge_adapter(model, name: str | None = None) -> None:
     if adapter.settings.method != "lora":
         raise LmforgeError(f"adapter {adapter.name!r} is {adapter.settings.method} tuning, whose virtual tokens cannot "
                            "be merged into the weights; only LoRA adapters merge (use it with --adapter instead)")
+    quantized = [layer for layer in adapter.layers if getattr(innermost(model.get_submodule(layer)), "quantized", False)]
+    if quantized:  # lmforge.quant: integer weights cannot take a float update
+        raise LmforgeError(f"layer {quantized[0]} of the base model holds quantized (integer) weights, into which a "
+                           "LoRA adapter cannot be merged; merge it into the float base model, then quantize the result")
     aset = adapter_set(model)
     set_adapter(model, adapter.name)
     for layer in adapter.layers:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_path
-from lmforge.hub.hf import read_json
+from lmforge.hub.hf import load_torch_file, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -161,11 +160,13 @@ def read_folder(folder: str | os.PathLike) -> tuple[AdapterSettings, dict[str, t
     weights = next((folder / name for name in (ADAPTER_WEIGHTS, ADAPTER_BIN) if (folder / name).is_file()), None)
     if weights is None:
         raise LmforgeError(f"{folder} has no {ADAPTER_WEIGHTS} (nor {ADAPTER_BIN}); the adapter's weights are missing")
-    try:
-        tensors = load_file(weights) if weights.name == ADAPTER_WEIGHTS else \
-            torch.load(weights, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise LmforgeError(f"{weights} is corrupt or truncated ({exc}); save the adapter again") from None
+    if weights.name != ADAPTER_WEIGHTS:
+        tensors = load_torch_file(weights)
+    else:
+        try:
+            tensors = load_file(weights)
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise LmforgeError(f"{weights} is corrupt or truncated ({exc}); save the adapter again") from None
     return settings, {key.removeprefix(KEY_PREFIX): value for key, value in tensors.items()}
 
 

@@ -74,7 +74,12 @@ def trains_adapter(model: nn.Module) -> bool:
 
 def save_weights(model: nn.Module, folder: Path, tokenizer=None, generation_config: dict | None = None) -> None:
     """What a training checkpoint holds of the model: the model folder, or for a run that trains an adapter, the
-    adapter folder (PEFT's format), with the tokenizer and the generation config beside it either way."""
+    adapter folder (PEFT's format), with the tokenizer and the generation config beside it either way. A model
+    that knows its own folder format (a reward model, a policy with its value model) writes it itself."""
+    own = getattr(model, "save_checkpoint", None)
+    if own is not None:
+        own(folder, tokenizer=tokenizer, generation_config=generation_config)
+        return
     if not trains_adapter(model):
         save_folder(model, folder, tokenizer=tokenizer, generation_config=generation_config)
         return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 from lmforge.demo import DEFAULT_MINUTES, run_demo
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import first_missing
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,8 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise LmforgeError(f"--minutes must be positive, got {args.minutes}")
-    result = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed,
-                      max_new_tokens=args.max_new_tokens, quiet=args.quiet)
+    created = first_missing(args.out)
+    try:
+        result = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed,
+                          max_new_tokens=args.max_new_tokens, quiet=args.quiet)
+    except LmforgeError:
+        if created is not None:  # nothing half-made is left behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     if args.quiet:
         print(result.report)
     return 0

@@ -32,9 +32,14 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="model folder (Hugging Face or lmforge) or Hub name (gpt2, facebook/opt-125m@main)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--max-memory", metavar="SIZE", help="refuse a model estimated to need more memory than "
+                        "this (512MB, 8GiB; default: what the device has available)")
     parser.add_argument("--adapter", metavar="DIR",
                         help="a PEFT adapter folder (LoRA, prefix or prompt tuning) to apply to MODEL, e.g. the best/ "
                              "checkpoint of a run with adapter.method")
+    from lmforge.cli.convert import add_quantize_arguments
+
+    add_quantize_arguments(parser, "quantize MODEL's linear layers at load")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +94,15 @@ def read_text_file(path: str, what: str) -> str:
 
 def load_checkpoint(args: argparse.Namespace, need_tokenizer: bool = True):
     import lmforge
+    from lmforge.hub.hf import require_finite_weights
+    from lmforge.memory import check_generation
 
-    ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter)
+    sequences = (getattr(args, "num_beams", None) or 1) * (getattr(args, "num_return_sequences", None) or 1) * \
+        (getattr(args, "batch_size", None) or getattr(args, "max_batch", None) or 1)
+    check_generation(args.model, sequences, args.max_memory, args.device)
+    ckpt = lmforge.load(args.model, device=args.device, adapter=args.adapter, quantize=args.quantize,
+                        group_size=args.group_size, quantize_head=args.quantize_head)
+    require_finite_weights(ckpt.model, args.adapter or args.model)
     if need_tokenizer and ckpt.tokenizer is None:
         raise LmforgeError(f"{args.model} has no tokenizer (tokenizer.json or vocab.json); save one in the folder")
     return ckpt
@@ -104,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--stream", action="store_true", help="print text as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--best-of", type=int, metavar="N",
+                        help="sample N responses and print the one --reward-model scores highest (best-of-n)")
+    parser.add_argument("--reward-model", metavar="RM", help="the reward model folder of --best-of")
     parser.add_argument("--compile", action="store_true",
                         help="compile the decoding step with torch.compile (decoder-only models): faster per token "
                              "after a compilation of seconds to tens of seconds")
@@ -115,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stream and args.json:
         raise LmforgeError("--stream and --json cannot be combined; choose one")
     prompt = read_text_file(args.prompt_file, "prompt file") if args.prompt_file else args.prompt
+    if args.best_of is not None or args.reward_model is not None:
+        return print_best_of_n(args, prompt)
     gen = Generator(load_checkpoint(args))
     options = dict(decoding_kwargs(args), seed=args.seed, ignore_eos=args.ignore_eos, truncate=args.truncate,
                    add_bos=args.bos, compile=args.compile)
@@ -134,4 +151,23 @@ def run(args: argparse.Namespace) -> int:
         if len(completions) > 1:
             print(f"--- {i + 1} (score {c.score:.4f}) ---")
         print((prompt or "") + c.text)
+    return 0
+
+
+def print_best_of_n(args: argparse.Namespace, prompt: str | None) -> int:
+    from lmforge.align.best_of_n import best_of_n
+
+    if args.best_of is None or args.reward_model is None:
+        raise LmforgeError("best-of-n needs both --best-of N and --reward-model RM")
+    if args.stream:
+        raise LmforgeError("--best-of cannot stream: every candidate must be finished before one is chosen")
+    options = dict(decoding_kwargs(args), ignore_eos=args.ignore_eos, truncate=args.truncate, add_bos=args.bos)
+    options.pop("num_return_sequences", None)
+    pick = best_of_n(load_checkpoint(args), args.reward_model, prompt or "", args.best_of, seed=args.seed,
+                     **options)[0]
+    if args.json:
+        print(json.dumps(pick.to_dict(), ensure_ascii=False))
+    else:
+        print(f"--- best of {args.best_of} (reward {pick.best.reward:.4f}) ---")
+        print((prompt or "") + pick.best.text)
     return 0

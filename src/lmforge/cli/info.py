@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def describe(path: str) -> dict:
-    from lmforge.hub.hf import load_folder
+    from lmforge.hub.hf import load_folder, non_finite_weights
 
     ckpt = load_folder(path, dtype=None)
     model, cfg = ckpt.model, ckpt.model.config
@@ -49,8 +49,16 @@ def describe(path: str) -> dict:
         "dtype": ckpt.stored_dtype,
         "tokenizer": ckpt.tokenizer.kind if ckpt.tokenizer is not None else None,
         "tokenizer_vocab_size": ckpt.tokenizer.vocab_size if ckpt.tokenizer is not None else None,
+        "non_finite_weights": non_finite_weights(model),  # tensor -> how many NaN or infinite values it holds
+        "quantization": _quantization(model),
         "_config": cfg,
     }
+
+
+def _quantization(model) -> dict | None:
+    from lmforge.quant import is_quantized, quantization_config
+
+    return quantization_config(model) if is_quantized(model) else None
 
 
 def describe_preset(name: str) -> dict:
@@ -97,6 +105,17 @@ def print_info(info: dict) -> None:
         print(f"  dtype         {info['dtype']}")
         tok = info["tokenizer"]
         print(f"  tokenizer     {tok + ' (' + format(info['tokenizer_vocab_size'], ',') + ' tokens)' if tok else 'none'}")
+        q = info["quantization"]
+        if q:
+            group = f", groups of {q['group_size']} inputs" if q["group_size"] else ", a scale per output channel"
+            print(f"  quantization  int{q['bits']} weights{group} ({len(q['modules'])} linear layers"
+                  f"{', output head included' if 'lm_head' in q['modules'] else ''})")
+        bad = info["non_finite_weights"]
+        if bad:
+            print(f"  weights       NOT FINITE: {sum(bad.values()):,} NaN or infinite values in {len(bad)} tensor(s): "
+                  f"{', '.join(list(bad)[:3])}{', ...' if len(bad) > 3 else ''}; generate and score refuse this model")
+        else:
+            print("  weights       finite")
     if info.get("note"):
         print(f"  note          {info['note']}")
     print(f"  training FLOPs per token: 6N = {c['flops_per_token_6n']:.4g}; with attention at {c['context']} "

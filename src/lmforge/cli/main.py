@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import disk_full
 from lmforge.hub import remote
 
 # verb -> (module under lmforge.cli, one-line help)
@@ -16,11 +17,15 @@ VERBS = {
     "train": ("train", "train a language model from scratch or fine-tune one (YAML config + overrides)"),
     "finetune": ("finetune", "fine-tune on source/target pairs (seq2seq or prompt->completion)"),
     "generate": ("generate", "generate text with greedy, beam search or sampling"),
-    "score": ("score", "per-token log-probabilities, log-likelihood and perplexity of a text"),
+    "score": ("score", "per-token log-probabilities, log-likelihood and perplexity of a text (a reward model: its reward)"),
+    "reward": ("reward", "train a reward model on preference pairs (Bradley-Terry)"),
+    "dpo": ("dpo", "align a policy with preference pairs by direct preference optimization (DPO, IPO, hinge)"),
+    "ppo": ("ppo", "align a policy with PPO against a reward model, with a KL penalty to the reference"),
     "decode-compare": ("decode_compare", "compare decoding strategies on the same prompts, with a report"),
     "evaluate": ("evaluate", "generate for a data set and score it with ROUGE, BLEU, chrF"),
-    "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype)"),
+    "convert": ("convert", "rewrite a checkpoint folder (e.g. .bin -> safetensors, change dtype, quantize int8/int4)"),
     "merge": ("merge", "fold a LoRA adapter into its base model and write a plain model folder"),
+    "export": ("export", "write a model in another format: gguf (llama.cpp), f32, f16 or q8_0"),
     "info": ("info", "describe a checkpoint folder, Hub model or preset (gpt3-175b): size, costs, context, dtype"),
     "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API, with a playground page"),
     "download": ("download", "fetch a Hub model or data set into the cache ahead of time and print its path"),
@@ -85,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             return int(args._run(args) or 0)
     except LmforgeError as exc:
         print(f"lmforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        print(f"lmforge {args.verb}: error: the disk is full{where}; free some space and run the command again "
+              "(a training run continues with --resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.serve import Server, build_app
 
+    if not 0 <= args.port <= 65535:
+        raise LmforgeError(f"--port must be between 0 and 65535 (0 picks a free one), not {args.port}")
     for name in ("max_batch", "max_queue", "max_body"):
         if getattr(args, name) < 1:
             raise LmforgeError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")

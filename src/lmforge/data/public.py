@@ -9,8 +9,8 @@ Otherwise each file is fetched once from its public source into `$LMFORGE_CACHE/
     HubCopy      a split of a Hub data set, reduced to the fields lmforge reads and written as JSON Lines;
                  the checksum is that of this JSON Lines file, so a changed copy on the Hub is refused
 
-The preference sets (hh-rlhf-*) are registered here with their sources and checksums for the alignment
-work to read; lmforge does not yet read preference pairs itself.
+The preference sets (hh-rlhf-*) are registered here with their sources and checksums; data/preferences.py
+reads them.
 """
 
 from __future__ import annotations

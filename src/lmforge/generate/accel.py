@@ -84,7 +84,8 @@ def _(x, packed, weight, bias, rows):
 
 
 def _on_cpu(linear: nn.Linear) -> bool:
-    return linear.weight.device.type == "cpu"
+    # a quantized layer (lmforge.quant) has no float weight to pack: it runs its own integer kernels
+    return not getattr(linear, "quantized", False) and linear.weight.device.type == "cpu"
 
 
 def _packable(linear: nn.Linear) -> bool:

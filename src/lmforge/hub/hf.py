@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def read_config(folder: str | os.PathLike) -> dict:
     return hf
 
 
+def load_torch_file(path: Path, map_location="cpu", mmap: bool = False,
+                    fix: str = "re-save it as safetensors with the tool that wrote it"):
+    """A tensor file in PyTorch's pickle format, read with `weights_only=True`: a file that pickles anything but
+    tensors (and plain containers) is refused with a sentence (`fix` says what to do), never loaded unsafely."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise LmforgeError(f"{path} was refused because it holds objects other than tensors, which could run "
+                               f"code when loaded; {fix}") from None
+        raise LmforgeError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]}); re-download or re-save "
+                           "it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise LmforgeError(f"{path} could not be read ({str(exc).splitlines()[0]}); the file may be truncated or "
+                           "corrupt") from None
+
+
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: model.safetensors, a sharded index, or pytorch_model.bin (weights only)."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
@@ -85,7 +103,7 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         if bins:
             state = {}
             for b in bins:
-                state.update(torch.load(b, map_location="cpu", weights_only=True, mmap=True))
+                state.update(load_torch_file(b, mmap=True))
             return state
     except SafetensorError as exc:
         raise LmforgeError(f"the weights in {folder} are corrupt or truncated ({exc}); re-download or re-save them") from exc
@@ -179,6 +197,10 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
 
     folder = resolve_model(folder)
     hf = read_config(folder)
+    if "quantization_config" in hf:  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import load_quantized
+
+        return load_quantized(folder, hf, dtype, device)
     family = FAMILIES[hf["model_type"]]
     config = family.config_from_hf(hf)
     hf_state = {k: v for k, v in read_state_dict(folder).items() if k not in family.unused}
@@ -201,6 +223,27 @@ def load_folder(folder: str | os.PathLike, dtype: str | None = "float32", device
     return Checkpoint(model, tokenizer, read_generation_config(folder), folder, stored_name)
 
 
+def non_finite_weights(model: torch.nn.Module) -> dict[str, int]:
+    """The model's tensors that hold NaN or infinite values, with how many each holds."""
+    found = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                found[name] = bad
+    return found
+
+
+def require_finite_weights(model: torch.nn.Module, source) -> None:
+    """Refuse a model whose weights hold NaN or infinite values: everything it computes would be NaN."""
+    found = non_finite_weights(model)
+    if found:
+        first = next(iter(found))
+        more = f" and {len(found) - 1} more tensor(s)" if len(found) > 1 else ""
+        raise LmforgeError(f"the weights of {source} hold NaN or infinite values ({found[first]:,} in {first}{more}), "
+                           "so it cannot produce text; use an earlier checkpoint of its run (best/ or last/)")
+
+
 def read_generation_config(folder: Path) -> dict:
     """A folder's generation_config.json ({} without one), less transformers' bookkeeping (transformers_version,
     _from_model_config), which is not a generation parameter."""
@@ -212,6 +255,14 @@ def read_generation_config(folder: Path) -> dict:
 def save_folder(model: torch.nn.Module, folder: str | os.PathLike, tokenizer=None,
                 generation_config: dict | None = None, dtype: str | None = None) -> Path:
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
+    from lmforge.quant.model import is_quantized
+
+    if is_quantized(model):  # integer weights: hub/quantized.py (layers: quant/)
+        from lmforge.hub.quantized import save_quantized
+
+        if dtype:
+            raise LmforgeError("a quantized model is saved with its integer weights as they are; drop the dtype")
+        return save_quantized(model, folder, tokenizer, generation_config)
     folder = Path(folder)
     family = FAMILIES[model.config.family]  # the config family is the HF model_type
     hf = family.config_to_hf(model.config)

@@ -51,6 +51,8 @@ class LoopConfig:
     beta2: float = 0.99
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0: off"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    max_nonfinite_steps: int = field(default=20, metadata={
+        "help": "stop after this many steps in a row whose loss or gradient is not finite (each is skipped); 0: never"})
     eval_interval: int = field(default=250, metadata={"help": "evaluate and checkpoint every this many steps"})
     eval_minutes: float | None = field(default=None, metadata={
         "help": "evaluate and checkpoint every this many minutes of the run instead of every eval_interval steps"})
@@ -68,11 +70,13 @@ class LoopConfig:
         "help": "under torchrun: ddp (a replica per process) or fsdp (parameters, gradients and optimizer state "
                 "sharded across the processes, for models that do not fit one device)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0: torch's default"})
+    max_memory: str | None = field(default=None, metadata={
+        "help": "refuse a run estimated to need more memory than this (512MB, 8GiB); null: what the device has free"})
 
     # Fields that may change when a run is resumed; any other difference means a different run.
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({
         "out_dir", "init_from", "max_iters", "max_minutes", "eval_interval", "eval_minutes", "log_interval",
-        "patience", "device", "compile", "threads"})
+        "patience", "device", "compile", "threads", "max_nonfinite_steps", "max_memory"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,6 +95,7 @@ class LoopConfig:
             (0 <= self.min_lr <= self.learning_rate, "min_lr must be between 0 and learning_rate"),
             (self.warmup_iters >= 0, "warmup_iters must not be negative"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),
+            (self.max_nonfinite_steps >= 0, "max_nonfinite_steps must not be negative (0: never stop)"),
             (self.eval_interval >= 1, "eval_interval must be at least 1"),
             (self.eval_minutes is None or self.eval_minutes > 0, "eval_minutes must be positive (or null)"),
             (self.log_interval >= 1, "log_interval must be at least 1"),
@@ -279,6 +284,13 @@ def parse_overrides(cls: type, items: list[str]) -> dict:
     return out
 
 
+def quantize_field():
+    """A task config's `quantize`: the base model's linear layers as integers under the adapter it trains."""
+    return field(default=None, metadata={
+        "help": "int8 or int4: quantize init_from's linear layers at load and train an adapter over them, frozen "
+                "(LoRA on an 8-bit base); null: as stored"})
+
+
 def adapter_checks(config) -> list[tuple[bool, str]]:
     """The checks of a task config's `adapter` section, and what it asks of the rest of the run."""
     adapter = config.adapter
@@ -287,6 +299,9 @@ def adapter_checks(config) -> list[tuple[bool, str]]:
          f"adapter.method {adapter.method} adapts a trained model: set init_from to a model folder or Hub name"),
         (not adapter.enabled or config.distributed != "fsdp",
          "an adapter trains on one process or with distributed ddp; fsdp shards whole models (full fine-tuning)"),
+        (config.quantize in (None, "int8", "int4"), f"quantize must be int8, int4 or null, not {config.quantize!r}"),
+        (config.quantize is None or adapter.enabled,
+         "quantize freezes the base model's weights as integers: train an adapter over them (adapter.method lora)"),
     ]
 
 

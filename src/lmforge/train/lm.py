@@ -30,8 +30,9 @@ from lmforge.generate.api import generate
 from lmforge.hub.hf import load_folder
 from lmforge.losses import cross_entropy
 from lmforge.models.decoder import DecoderLM
+from lmforge.quant.model import prepare_training_base
 from lmforge.train import distributed
-from lmforge.train.config import LoopConfig, adapter_checks
+from lmforge.train.config import LoopConfig, adapter_checks, quantize_field
 from lmforge.train.loop import Run, RunResult, set_dropout, train_task
 
 DATA = "data"
@@ -72,6 +73,7 @@ class TrainConfig(LoopConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelShape = field(default_factory=ModelShape)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    quantize: str | None = quantize_field()
     batch_size: int = field(default=12, metadata={"help": "sequences per micro-step per process"})
     eval_iters: int = field(default=20, metadata={"help": "batches per split in each evaluation"})
     sample_tokens: int = field(default=200, metadata={"help": "tokens of the sample printed at each evaluation"})
@@ -149,6 +151,7 @@ class LanguageModelling:
             source = resume_from or Path(init_folder)
             checkpoint = load_folder(source)
             model = checkpoint.model
+            prepare_training_base(model, cfg.quantize, cfg.adapter.enabled, str(source))
             generation = {**checkpoint.generation_config, **generation}
             if init_folder:
                 check_tokenizer(tok, checkpoint.tokenizer, init_folder)

@@ -6,7 +6,8 @@ its evaluation metrics. The loop does everything else, the same way for every ta
 
     budget     max_iters steps, or max_minutes of wall time, with warmup + cosine decay planned on the
                steps or, when max_iters is null, on the time
-    step       gradient accumulation, clipping (a step whose gradient is not finite is skipped), AdamW,
+    step       gradient accumulation, clipping (a step whose gradient is not finite is skipped; max_nonfinite_steps
+               of them in a row stop the run), AdamW,
                bf16/fp16 autocast on GPU, torch.compile, DDP or FSDP under torchrun
     evaluate   every eval_interval steps (or eval_minutes): the task's metrics, the best and the last
                checkpoint as Hugging Face folders, patience on best_metric
@@ -34,9 +35,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from lmforge import __version__
+from lmforge import __version__, memory
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import write_text_atomic
+from lmforge.fsutil import atomic_path, empty_folder, folder_lock, recover_folder, write_text_atomic
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import distributed
 from lmforge.train.checkpoint import load_resumable, read_trainer_state, save_checkpoint
@@ -222,7 +223,13 @@ class Run:
     def run(self) -> RunResult:
         clean = False
         try:
-            result = self._run()
+            with folder_lock(self.run_dir) if self.main else contextlib.nullcontext(False) as created:  # one writer
+                try:
+                    result = self._run()
+                except BaseException:
+                    if created and not (self.run_dir / LAST).exists():  # failed before its first checkpoint:
+                        empty_folder(self.run_dir)  # leave no folder behind
+                    raise
             clean = True
             return result
         finally:
@@ -231,6 +238,9 @@ class Run:
 
     def resume_state(self, resume: bool) -> dict | None:
         last = self.run_dir / LAST
+        if self.main:  # what a crash in the middle of a save left behind
+            for name in (LAST, BEST):
+                recover_folder(self.run_dir / name)
         if not resume:
             if last.exists():
                 raise LmforgeError(f"{self.run_dir} already holds a run; resume it with --resume, delete it, "
@@ -263,6 +273,7 @@ class Run:
         distributed.barrier(self.dist)
         task.setup(self, self.run_dir / LAST if state else None)
         model = task.model
+        self.check_memory(model)
         model.train()
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank
 
@@ -345,7 +356,7 @@ class Run:
 
         last_eval: dict | None = None
         last_plot = time.perf_counter()
-        window_loss, window_steps, window_tokens, train_time, skipped = 0.0, 0, 0, 0.0, 0
+        window_loss, window_steps, window_tokens, train_time, skipped, in_a_row = 0.0, 0, 0, 0.0, 0, 0
         next_eval_at = (elapsed_before // 60 // cfg.eval_minutes + 1) * cfg.eval_minutes * 60 if cfg.eval_minutes else 0
 
         def evaluate(final: bool = False) -> None:
@@ -414,6 +425,15 @@ class Run:
                 if finite or scaler.is_enabled():  # a scaler skips a non-finite step by itself
                     scaler.step(optimizer)
                 skipped += not finite
+                # the scaler of float16 skips overflowing steps on its own while it finds its scale
+                diverged = not finite and (not scaler.is_enabled() or scaler.get_scale() < 1)
+                in_a_row = in_a_row + 1 if diverged else 0
+                if cfg.max_nonfinite_steps and in_a_row >= cfg.max_nonfinite_steps:
+                    last = self.run_dir / LAST
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+                    raise LmforgeError(f"stopping at iter {step + 1}: {in_a_row} steps in a row had a loss or gradient "
+                                       f"that is not finite (lower learning_rate, check the data, or use float32); "
+                                       f"{kept}")
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -460,7 +480,8 @@ class Run:
         if skipped:
             self.note(f"skipped {skipped} step(s) whose loss or gradient was not finite (the weights were kept)")
         if not (self.run_dir / BEST).exists() and (self.run_dir / LAST).exists() and self.main:
-            shutil.copytree(self.run_dir / LAST, self.run_dir / BEST)  # nothing beat the first evaluation
+            with atomic_path(self.run_dir / BEST, is_dir=True) as tmp:  # nothing beat the first evaluation
+                shutil.copytree(self.run_dir / LAST, tmp, dirs_exist_ok=True)
         if self.main:
             self.files.plot()
         total = elapsed()
@@ -471,6 +492,16 @@ class Run:
                          tokens_seen / total if total else 0.0, self.notes)
 
     # ---- helpers of the loop ---------------------------------------------------------------------
+
+    def check_memory(self, model: nn.Module) -> None:
+        """Refuse a run whose gradients, optimizer state and activations cannot fit, before they are allocated."""
+        rows, length = memory.training_batch(self.cfg, model)
+        parts = memory.training_parts(model, rows, length, self.dtype)
+        if self.fsdp:  # each process holds its shard of the weights, gradients and optimizer state
+            parts.update({k: parts[k] / self.dist.world_size for k in ("weights", "gradients", "optimizer")})
+        memory.check(parts, self.cfg.max_memory, self.device, f"training with micro-batches of {rows} x {length} tokens",
+                     "lower batch_size (gradient_accumulation_steps keeps the batch), the context or the model, or set "
+                     "max_memory if the estimate is wrong")
 
     def log_step(self, step: int, loss: float, lr: float, tokens_per_sec: float, train_time: float, steps: int,
                  elapsed: float) -> None:

@@ -31,9 +31,10 @@ from lmforge.hub.hf import load_folder, load_tokenizer
 from lmforge.losses import cross_entropy, logits_of, summed_nll
 from lmforge.models.decoder import DecoderLM
 from lmforge.models.encdec import EncoderDecoderLM
+from lmforge.quant.model import prepare_training_base
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import distributed
-from lmforge.train.config import LoopConfig, adapter_checks
+from lmforge.train.config import LoopConfig, adapter_checks, quantize_field
 from lmforge.train.loop import Run, RunResult, set_dropout, train_task
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")  # ids 0, 1, 2 of a trained tokenizer: pad, eos, bos
@@ -98,6 +99,7 @@ class FinetuneConfig(LoopConfig):
     data: PairDataConfig = field(default_factory=PairDataConfig)
     model: PairModelConfig = field(default_factory=PairModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    quantize: str | None = quantize_field()
     batch_tokens: int = field(default=4096, metadata={
         "help": "padded source + target tokens per batch (batches are grouped by length)"})
     max_batch_size: int = field(default=64, metadata={"help": "examples per batch at most"})
@@ -306,6 +308,7 @@ class PairTraining:
             if checkpoint.tokenizer is None:
                 raise LmforgeError(f"{source} has no tokenizer (tokenizer.json); add the model's tokenizer")
             model, tokenizer = checkpoint.model, checkpoint.tokenizer
+            prepare_training_base(model, cfg.quantize, adapting, str(source))
             if resume_from is None or adapting:  # a resumed model keeps the dropout its config.json records
                 set_dropout(model, cfg.model.dropout)
                 run.say(f"fine-tuning {source}: {model.config.family}, {model.num_parameters() / 1e6:.2f}M parameters")

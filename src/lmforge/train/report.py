@@ -78,20 +78,27 @@ class RunFiles:
         path = self.run_dir / name
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # blank, or the torn end of a write that a crash or a full disk cut short
+                continue
+        return records
 
     def clear(self) -> None:
         for name in (METRICS, LOG, SAMPLES, PLOT):
             (self.run_dir / name).unlink(missing_ok=True)
 
     def truncate_after(self, iter_num: int) -> None:
-        """Drop the records past `iter_num` (written after the checkpoint a resumed run starts from)."""
+        """Drop the records past `iter_num` (written after the checkpoint a resumed run starts from) and any line
+        a crash cut short."""
         for name in (METRICS, LOG):
-            records = self.read(name)
-            kept = [r for r in records if r["iter"] <= iter_num]
-            if len(kept) != len(records):
-                with atomic_path(self.run_dir / name) as tmp:
-                    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            if not (self.run_dir / name).is_file():
+                continue
+            kept = [r for r in self.read(name) if r["iter"] <= iter_num]
+            with atomic_path(self.run_dir / name) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def add_sample(self, iter_num: int, text: str) -> None:
         with open(self.run_dir / SAMPLES, "a", encoding="utf-8") as f:

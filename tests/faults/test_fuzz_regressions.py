@@ -1,0 +1,40 @@
+"""Every failure the command-line fuzzer found, as a named case that must stay fixed (see docs/reliability.md)."""
+
+from __future__ import annotations
+
+import pytest
+from fuzz_cli import Pool, clean, run_case
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Pool:
+    return Pool(tmp_path_factory.mktemp("fuzz"))
+
+
+def check(pool: Pool, argv: list[str], status: int = 2, message: str = "") -> None:
+    workdir = pool.root / "work"
+    try:
+        outcome = run_case(argv, workdir, pool, seconds=120)
+    finally:
+        clean(workdir, pool)
+    assert not outcome.problems, outcome.problems
+    assert outcome.status == status and message in outcome.stderr, outcome.stderr
+
+
+def test_serve_with_a_port_out_of_range(pool):
+    """Was: OverflowError from socket.bind (a traceback)."""
+    check(pool, ["serve", str(pool.model), "--port", "-1000000000000"],
+          message="--port must be between 0 and 65535 (0 picks a free one), not -1000000000000")
+    check(pool, ["serve", str(pool.model), "--port", "65536"], message="--port must be between 0 and 65535")
+
+
+def test_a_demo_whose_corpus_is_too_small_leaves_no_folder(pool):
+    """Was: exit 2 with out/demo/train/data/ (the tokenized corpus) left behind."""
+    check(pool, ["demo", "--minutes", "0.002", "--data", str(pool.text), "--out", "out/demo", "--quiet"],
+          message="is larger than the val split")
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(pool):
+    """Was: the same for `train` (its run folder, with the data tokenized into it)."""
+    check(pool, ["train", "--out_dir", "out/run", "--data.source", str(pool.text), "--model.block_size", "4096",
+                 "--max_iters", "1", "--quiet"], message="lower model.block_size")

@@ -42,24 +42,30 @@ STDLIB = "stdlib"  # the docstrings of this Python's standard library (data/stdl
 
 @dataclass
 class ShapeRule:
-    """How a parameter count becomes a shape: n_embd = aspect_ratio × n_layer, rounded to whole heads of
-    head_dim (Kaplan et al. 2020 found the loss nearly independent of the aspect ratio between about 20 and
-    200); the shape whose parameter count is closest (in log) to the target wins."""
+    """How a parameter count becomes a shape: whole heads of head_dim, n_embd within a factor of 2 of
+    aspect_ratio × n_layer (Kaplan et al. 2020 found the loss nearly independent of the aspect ratio between
+    about 20 and 200); of those, the shape whose parameter count is closest (in log) to the target, and on a
+    tie the one nearest the aspect ratio."""
 
     aspect_ratio: float = 32.0
     head_dim: int = 16
     max_layers: int = 48
 
     def shape(self, parameters: float, count) -> dict:
-        best, best_gap = None, math.inf
+        best, best_key = None, (math.inf, math.inf)
         for n_layer in range(1, self.max_layers + 1):
-            heads = max(1, round(self.aspect_ratio * n_layer / self.head_dim))
-            shape = {"n_layer": n_layer, "n_embd": heads * self.head_dim, "n_head": heads}
-            n = count(shape)
-            gap = abs(math.log(n / parameters))
-            if gap < best_gap:
-                best, best_gap = shape, gap
-            if n > parameters:  # counts grow with depth: the next shapes are farther
+            ideal = self.aspect_ratio * n_layer / self.head_dim  # heads at the aspect ratio
+            smallest = None
+            for heads in range(max(1, math.ceil(ideal / 2)), max(1, math.floor(ideal * 2)) + 1):
+                shape = {"n_layer": n_layer, "n_embd": heads * self.head_dim, "n_head": heads}
+                n = count(shape)
+                smallest = n if smallest is None else smallest
+                key = (round(abs(math.log(n / parameters)), 6), abs(math.log(heads / ideal)))
+                if key < best_key:
+                    best, best_key = shape, key
+                if n > parameters:
+                    break
+            if smallest is not None and smallest > parameters:  # deeper models only grow
                 break
         return best
 

@@ -77,7 +77,7 @@ def family_defaults(family: str) -> dict:
     if family == "gpt2":
         return dict(family="gpt2", norm="layernorm", activation="gelu_tanh", position="learned", bias=True)
     if family == "openai-gpt":
-        return dict(family="openai-gpt", norm="layernorm", activation="gelu", position="learned", bias=True,
+        return dict(family="openai-gpt", norm="layernorm", activation="gelu_tanh", position="learned", bias=True,
                     post_norm=True)
     if family == "opt":
         return dict(family="opt", norm="layernorm", activation="relu", position="learned", bias=True,

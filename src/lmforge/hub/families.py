@@ -68,6 +68,49 @@ def gpt2_weight_map(c: ModelConfig) -> list[WeightMap]:
     m += [WeightMap("ln_f.weight", ("transformer.ln_f.weight",)), WeightMap("ln_f.bias", ("transformer.ln_f.bias",))]
     return m
 
+# --- GPT-1 (openai-gpt) ---------------------------------------------------------------------------
+
+# transformers' OpenAIGPT maps afn "gelu" to gelu_new, the tanh approximation (as the original GPT-1 code did)
+_GPT1_ACT = {"gelu": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+
+def gpt1_config_from_hf(hf: dict) -> ModelConfig:
+    act = hf.get("afn", "gelu")
+    if act not in _GPT1_ACT:
+        refuse("openai-gpt", "afn", act, f"use one of {sorted(_GPT1_ACT)}")
+    return ModelConfig.for_family(
+        "openai-gpt", vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+        block_size=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=_GPT1_ACT[act],
+        tie_word_embeddings=hf.get("tie_word_embeddings", True), initializer_range=hf.get("initializer_range", 0.02),
+        **_ids(hf))
+
+def gpt1_config_to_hf(c: ModelConfig) -> dict:
+    if c.intermediate_size != 4 * c.n_embd or not c.bias or not c.post_norm or c.norm != "layernorm":
+        refuse("openai-gpt", "shape", (c.intermediate_size, c.bias, c.post_norm, c.norm),
+               "GPT-1 has post-norm LayerNorm blocks with biases and an MLP of 4 × n_embd")
+    return dict(architectures=["OpenAIGPTLMHeadModel"], model_type="openai-gpt", vocab_size=c.vocab_size,
+                n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
+                layer_norm_epsilon=c.norm_eps, afn=_gpt1_afn(c.activation),
+                tie_word_embeddings=c.tie_word_embeddings, initializer_range=c.initializer_range,
+                resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout)
+
+def _gpt1_afn(activation: str) -> str:
+    names = {"gelu_tanh": "gelu", "relu": "relu", "silu": "silu"}
+    if activation not in names:
+        refuse("openai-gpt", "activation", activation, "GPT-1 checkpoints hold gelu (tanh), relu or silu")
+    return names[activation]
+
+def gpt1_weight_map(c: ModelConfig) -> list[WeightMap]:
+    t = "transformer."
+    m = [WeightMap("wte.weight", (t + "tokens_embed.weight",)), WeightMap("wpe.weight", (t + "positions_embed.weight",))]
+    for i in range(c.n_layer):
+        ours, theirs = f"blocks.{i}.", f"{t}h.{i}."
+        pairs = [("ln1", "ln_1", False), ("attn.qkv", "attn.c_attn", True), ("attn.proj", "attn.c_proj", True),
+                 ("ln2", "ln_2", False), ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True)]
+        for a, b, conv in pairs:
+            m.append(WeightMap(ours + a + ".weight", (theirs + b + ".weight",), transpose=conv))
+            m.append(WeightMap(ours + a + ".bias", (theirs + b + ".bias",)))
+    return m
+
 # --- OPT -----------------------------------------------------------------------------------------
 
 def opt_config_from_hf(hf: dict) -> ModelConfig:
@@ -172,6 +215,8 @@ def llama_weight_map(c: ModelConfig) -> list[WeightMap]:
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(gpt2_config_from_hf, gpt2_config_to_hf, gpt2_weight_map, DecoderLM, "transformer."),
     "opt": Family(opt_config_from_hf, opt_config_to_hf, opt_weight_map, DecoderLM, "model."),
+    "openai-gpt": Family(gpt1_config_from_hf, gpt1_config_to_hf, gpt1_weight_map, DecoderLM, "transformer.",
+                         unused=("transformer.position_ids",)),
     "llama": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),
     "mistral": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),
     "qwen2": Family(llama_config_from_hf, llama_config_to_hf, llama_weight_map, DecoderLM, "model."),

@@ -64,7 +64,8 @@ def plot_curves(result, path: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Training curves coloured by model size (dots: final validation loss)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="parameters", fontsize=8)
+    if labelled:
+        ax.legend(title="parameters", fontsize=8)
     _save(fig, path)
 
 
@@ -280,9 +281,9 @@ def reading(result) -> str:
     interval = p.get("loss_interval")
     parts = [f"At {p['compute'] / max(r.plan.budget for r in result.records):.3g}× the largest budget of this grid "
              f"({p['compute']:.3g} FLOPs), train a model of {run['parameters']:,} parameters ({run['shape']['n_layer']} "
-             f"layers × {run['shape']['n_embd']} wide) on {run['tokens']:,} tokens, about "
-             f"{run['tokens'] / run['parameters']:.1f} tokens per parameter (Chinchilla: about 20). The "
-             f"{p['size_from']} give N_opt = {p['n_opt']:,.0f}; the shape is the one of the depth/width rule closest "
+             f"layer(s) × {run['shape']['n_embd']} wide) on {run['tokens']:,} tokens, about "
+             f"{run['tokens'] / run['parameters']:.1f} tokens per parameter (Chinchilla: about 20). By the "
+             f"{p['size_from']}, N_opt = {p['n_opt']:,.0f}; the shape is the one of the depth/width rule closest "
              f"to it. The parametric fit expects a validation loss of {p['loss']:.4f} nats"
              + (f" (95 % bootstrap interval {interval[0]:.4f} to {interval[1]:.4f})" if interval else "")
              + (f", the frontier {p['loss_frontier']:.4f}." if p.get("loss_frontier") is not None else ".")]

@@ -42,24 +42,30 @@ STDLIB = "stdlib"  # the docstrings of this Python's standard library (data/stdl
 
 @dataclass
 class ShapeRule:
-    """How a parameter count becomes a shape: n_embd = aspect_ratio × n_layer, rounded to whole heads of
-    head_dim (Kaplan et al. 2020 found the loss nearly independent of the aspect ratio between about 20 and
-    200); the shape whose parameter count is closest (in log) to the target wins."""
+    """How a parameter count becomes a shape: whole heads of head_dim, n_embd within a factor of 2 of
+    aspect_ratio × n_layer (Kaplan et al. 2020 found the loss nearly independent of the aspect ratio between
+    about 20 and 200); of those, the shape whose parameter count is closest (in log) to the target, and on a
+    tie the one nearest the aspect ratio."""
 
     aspect_ratio: float = 32.0
     head_dim: int = 16
     max_layers: int = 48
 
     def shape(self, parameters: float, count) -> dict:
-        best, best_gap = None, math.inf
+        best, best_key = None, (math.inf, math.inf)
         for n_layer in range(1, self.max_layers + 1):
-            heads = max(1, round(self.aspect_ratio * n_layer / self.head_dim))
-            shape = {"n_layer": n_layer, "n_embd": heads * self.head_dim, "n_head": heads}
-            n = count(shape)
-            gap = abs(math.log(n / parameters))
-            if gap < best_gap:
-                best, best_gap = shape, gap
-            if n > parameters:  # counts grow with depth: the next shapes are farther
+            ideal = self.aspect_ratio * n_layer / self.head_dim  # heads at the aspect ratio
+            smallest = None
+            for heads in range(max(1, math.ceil(ideal / 2)), max(1, math.floor(ideal * 2)) + 1):
+                shape = {"n_layer": n_layer, "n_embd": heads * self.head_dim, "n_head": heads}
+                n = count(shape)
+                smallest = n if smallest is None else smallest
+                key = (round(abs(math.log(n / parameters)), 6), abs(math.log(heads / ideal)))
+                if key < best_key:
+                    best, best_key = shape, key
+                if n > parameters:
+                    break
+            if smallest is not None and smallest > parameters:  # deeper models only grow
                 break
         return best
 
@@ -350,8 +356,10 @@ def run_overrides(lab: LabConfig, run: PlannedRun, folder: Path, data: Path, thr
             "patience": 0, "threads": threads, "init_from": "scratch"}
 
 
-def read_finished(folder: Path, max_iters: int) -> dict | None:
-    """The final evaluation of a run that reached max_iters, or None."""
+def read_finished(folder: Path, max_iters: int, config=None) -> dict | None:
+    """The final evaluation of a run that reached max_iters (with the same settings as `config`, a
+    TrainConfig, when given), or None."""
+    from lmforge.train.config import config_difference
     from lmforge.train.report import METRICS, RunFiles
 
     state_path = folder / "last" / "trainer_state.json"
@@ -359,6 +367,8 @@ def read_finished(folder: Path, max_iters: int) -> dict | None:
         return None
     state = json.loads(state_path.read_text(encoding="utf-8"))
     if state.get("iter") != max_iters:
+        return None
+    if config is not None and config_difference(type(config), state["config"], config.to_dict()):
         return None
     final = [r for r in RunFiles(folder).read(METRICS) if r["iter"] == max_iters]
     if not final:
@@ -416,7 +426,8 @@ def run_grid(lab: LabConfig, runs: list[PlannedRun], data: Path, log, quiet: boo
     records = [RunRecord(r, folder=str(Path(lab.out_dir) / folder / r.name)) for r in runs]
     todo = []
     for record in records:
-        final = read_finished(Path(record.folder), record.plan.max_iters)
+        expected = train_config(lab, run_overrides(lab, record.plan, Path(record.folder), data))
+        final = read_finished(Path(record.folder), record.plan.max_iters, expected)
         if final is not None:
             finish_record(record, final, "read back")
         else:

@@ -38,3 +38,15 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(pool):
     """Was: the same for `train` (its run folder, with the data tokenized into it)."""
     check(pool, ["train", "--out_dir", "out/run", "--data.source", str(pool.text), "--model.block_size", "4096",
                  "--max_iters", "1", "--quiet"], message="lower model.block_size")
+
+
+@pytest.mark.parametrize("verb", ["convert", "merge"])
+def test_a_model_written_over_an_existing_file(pool, verb):
+    """Was: the file swapped for the folder, and the file left as .pairs.jsonl.XXXX.tmp beside it."""
+    target = pool.new_path("out-file.txt")
+    target.write_text("keep me", encoding="utf-8")
+    inputs = [str(pool.model)] + ([str(pool.adapter)] if verb == "merge" else [])
+    check(pool, [verb, *inputs, str(target)], message="exists and is not a folder; remove it or write the folder "
+                                                      "elsewhere")
+    assert target.read_text(encoding="utf-8") == "keep me"
+    assert not [p.name for p in target.parent.iterdir() if p.name.startswith(".")]

@@ -27,6 +27,9 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
     new version complete, not yet in place) and "published" (in place, the old one not yet removed).
     """
     final = Path(final)
+    if final.exists() and final.is_dir() != is_dir:
+        raise LmforgeError(f"{final} exists and is {'not ' if is_dir else ''}a folder; remove it or write the "
+                           f"{'folder' if is_dir else 'file'} elsewhere")
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))

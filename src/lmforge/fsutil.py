@@ -27,6 +27,7 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
     new version complete, not yet in place) and "published" (in place, the old one not yet removed).
     """
     final = Path(final)
+    made = first_missing(final.parent)  # the folders made for it, removed again if the write fails
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -67,6 +68,7 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        _remove_if_empty(final.parent, made)
         if disk_full(exc):
             raise LmforgeError(f"the disk is full while writing {final}; free some space and retry "
                                "(the previous version, if any, is intact)") from exc

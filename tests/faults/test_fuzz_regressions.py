@@ -59,3 +59,20 @@ def test_a_config_json_with_a_value_of_the_wrong_type(pool, key, value, message)
     config[key] = value
     (folder / "config.json").write_text(json.dumps(config))
     check(pool, ["info", str(folder)], message=message)
+
+
+def test_an_export_that_fails_leaves_no_folder_it_made(pool):
+    """Was: `lmforge export gguf` of a model with a character tokenizer exited 2 but left the new folder out/
+    (fsutil.atomic_path made the parents and did not remove them when the write failed)."""
+    check(pool, ["export", "gguf", str(pool.model), "out/deeper/model.gguf"],
+          message="GGUF export writes byte-level BPE tokenizers")
+
+
+def test_a_scaling_lab_that_cannot_be_planned_leaves_no_folder(pool):
+    """Was: `lmforge scale` whose budget is too small for the sizes exited 2 but left out/lab/data/ (the
+    tokenized corpus) behind."""
+    from fuzz_cli import SCALE_LAB
+
+    config = pool.yaml_config(SCALE_LAB | {"budgets": ["2e6"], "data": {**SCALE_LAB["data"],
+                                                                      "source": str(pool.long_text)}})
+    check(pool, ["scale", "--config", str(config), "--quiet"], message="an IsoFLOP curve needs 3")

@@ -27,6 +27,8 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
     new version complete, not yet in place) and "published" (in place, the old one not yet removed).
     """
     final = Path(final)
+    if not is_dir and final.is_dir():
+        raise LmforgeError(f"{final} is a folder; give the name of the file to write (e.g. {final / 'out'})")
     made = first_missing(final.parent)  # the folders made for it, removed again if the write fails
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:

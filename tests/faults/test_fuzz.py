@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 DEFAULT_CASES = {"train": 2, "finetune": 2, "demo": 1,  # the slow verbs; the others get 5
-                 "reward": 2, "dpo": 2, "ppo": 2, "export": 3, "scale": 1}
+                 "reward": 2, "dpo": 2, "ppo": 2, "scale": 1}
 SECONDS = {"serve": 5}  # a junk --host waits for the resolver (no network here) until the deadline
 TALLY = Tally()
 

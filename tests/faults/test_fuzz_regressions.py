@@ -76,3 +76,10 @@ def test_a_scaling_lab_that_cannot_be_planned_leaves_no_folder(pool):
     config = pool.yaml_config(SCALE_LAB | {"budgets": ["2e6"], "data": {**SCALE_LAB["data"],
                                                                       "source": str(pool.long_text)}})
     check(pool, ["scale", "--config", str(config), "--quiet"], message="an IsoFLOP curve needs 3")
+
+
+def test_an_export_onto_a_folder_is_one_sentence(pool):
+    """Was: IsADirectoryError from os.replace (a traceback) for `lmforge export gguf MODEL FOLDER` (found by the long
+    profile)."""
+    check(pool, ["export", "gguf", str(pool.bpe_model), str(pool.folder), "--type", "f16"],
+          message=f"{pool.folder} is a folder; give the name of the file to write")

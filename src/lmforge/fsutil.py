@@ -27,9 +27,11 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
     new version complete, not yet in place) and "published" (in place, the old one not yet removed).
     """
     final = Path(final)
-    if final.exists() and final.is_dir() != is_dir:
-        raise LmforgeError(f"{final} exists and is {'not ' if is_dir else ''}a folder; remove it or write the "
-                           f"{'folder' if is_dir else 'file'} elsewhere")
+    if not is_dir and final.is_dir():
+        raise LmforgeError(f"{final} is a folder; give the name of the file to write (e.g. {final / 'out'})")
+    if is_dir and final.exists() and not final.is_dir():
+        raise LmforgeError(f"{final} exists and is not a folder; remove it or write the folder elsewhere")
+    made = first_missing(final.parent)  # the folders made for it, removed again if the write fails
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -70,6 +72,7 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False,
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        _remove_if_empty(final.parent, made)
         if disk_full(exc):
             raise LmforgeError(f"the disk is full while writing {final}; free some space and retry "
                                "(the previous version, if any, is intact)") from exc

@@ -88,6 +88,7 @@ class Pool:
 
         self.prepared = root / "prepared"
         prepare(self.text, self.prepared, tokenizer="char")
+        self._later_verbs(root)
         self.folder = root / "a-folder"
         self.folder.mkdir()
         self.binary = root / "binary.bin"
@@ -136,6 +137,83 @@ class Pool:
                 if "lora_B" in name or "lora_b" in name:
                     p.normal_()
         return save_adapter(model, folder)
+
+    def _later_verbs(self, root: Path) -> None:
+        """The inputs of the verbs added after the fuzzer: preference pairs (reward, dpo), a reward model trained
+        from the tiny model in one step (ppo's reward_model, same tokenizer), a tiny scaling-lab config (scale)."""
+        from lmforge.align.reward import train_reward
+        from lmforge.config import preset
+        from lmforge.hub.hf import save_folder
+        from lmforge.models.decoder import DecoderLM
+        from lmforge.tokenizer import Tokenizer
+
+        words = ("king", "queen", "lord", "prince")
+        self.preferences = root / "preferences.jsonl"
+        self.preferences.write_text("".join(json.dumps({"prompt": f"the {words[i % 4]}?", "chosen": " good night",
+                                                        "rejected": f" what say {words[(i + 1) % 4]}"}) + "\n"
+                                            for i in range(8)), encoding="utf-8")
+        run = train_reward({"out_dir": str(root / "reward-run"), "init_from": str(self.model),
+                            "data.train": str(self.preferences), "data.val": str(self.preferences), "max_length": 24,
+                            "max_response_length": 10, "batch_size": 4, "max_iters": 1, "eval_interval": 1,
+                            "warmup_iters": 0, "log_interval": 1, "device": "cpu", "threads": 1}, quiet=True)
+        self.reward_model = Path(run.best_dir)
+        self.bpe_model = root / "bpe-model"  # GGUF holds byte-level BPE tokenizers only
+        tokenizer = Tokenizer.train_bpe([TEXT], vocab_size=300, min_frequency=1)
+        eos = tokenizer.eos_token_id
+        torch.manual_seed(0)
+        save_folder(DecoderLM(preset("tiny-gpt2", n_layer=1, n_head=2, n_embd=16, block_size=32,
+                                     vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos)).eval(),
+                    self.bpe_model, tokenizer=tokenizer)
+        self.scale_config = root / "scale.yaml"
+        self.scale_config.write_text(yaml.safe_dump(SCALE_LAB | {"data": {**SCALE_LAB["data"],
+                                                                           "source": str(self.long_text)}}))
+
+    def corrupt_reward_model(self, target: str, how: str, seed: int) -> Path:
+        """A copy of the reward model folder with one file corrupted."""
+        folder = self.new_path(f"reward-{target}-{how}")
+        shutil.copytree(self.reward_model, folder)
+        files = sorted(p.name for p in folder.iterdir() if p.is_file())
+        path = folder / (target if target in files else files[seed % len(files)])
+        path.write_bytes(corrupt(path.read_bytes(), how, random.Random(seed)))
+        return folder
+
+    def bad_preferences(self, kind: str, seed: int) -> Path:
+        """A preference file (prompt/chosen/rejected) gone wrong in one way."""
+        rng = random.Random(seed)
+        path = self.new_path(f"preferences-{kind}.jsonl")
+        good = self.preferences.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in good.splitlines()]
+        if kind == "missing-field":
+            rows[rng.randrange(len(rows))].pop(rng.choice(["prompt", "chosen", "rejected"]))
+        elif kind == "wrong-types":
+            rows[rng.randrange(len(rows))][rng.choice(["prompt", "chosen", "rejected"])] = rng.choice(
+                [1, None, [], {}, 1.5, True])
+        elif kind == "empty-responses":
+            for row in rows:
+                row["chosen"] = row["rejected"] = ""
+        elif kind == "same-responses":
+            for row in rows:
+                row["rejected"] = row["chosen"]
+        elif kind == "one-pair":
+            rows = rows[:1]
+        elif kind == "huge-prompt":
+            rows[0]["prompt"] = "the king " * 20_000
+        if kind == "not-json":
+            path.write_text(good[:60] + "\n{oops\n", encoding="utf-8")
+        elif kind == "bad-utf8":
+            path.write_bytes(good.encode()[:30] + b"\xff\xfe" + good.encode()[30:])
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    def scale_variant(self, value) -> Path:
+        """The tiny lab config with one key (top level or in a section) set to a random YAML value."""
+        rng = random.Random(repr(value))
+        config = json.loads(json.dumps(SCALE_LAB | {"data": {**SCALE_LAB["data"], "source": str(self.long_text)}}))
+        section = rng.choice([config, config, config["data"], config["train"], config["shape_rule"],
+                              config["sizes"][0]])
+        section[rng.choice(sorted(section) + ["mdoel", "n_layer"])] = value
+        return self.yaml_config(config)
 
     def new_path(self, name: str) -> Path:
         self.made += 1
@@ -202,6 +280,15 @@ class Pool:
         return path
 
 
+SCALE_LAB = {"out_dir": "out/lab", "data": {"source": "", "tokenizer": "char", "val_fraction": 0.1},
+             "sizes": [{"n_layer": 1, "n_embd": 8, "n_head": 1}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
+                       {"n_layer": 2, "n_embd": 16, "n_head": 2}],
+             "budgets": ["8e6"], "shape_rule": {"aspect_ratio": 8, "head_dim": 8}, "min_steps": 2, "evals_per_run": 1,
+             "check": False,
+             "train": {"model.block_size": 16, "batch_size": 4, "eval_iters": 1, "learning_rate": 0.01,
+                       "min_lr": 0.001, "threads": 1, "log_interval": 1}}
+PREFERENCE_KINDS = ("missing-field", "wrong-types", "empty-responses", "same-responses", "one-pair", "huge-prompt",
+                    "not-json", "bad-utf8")
 CORRUPTIONS = ("empty", "truncated", "bit-flipped", "header-flipped", "garbage")
 MODEL_TARGETS = ("weights", "config", "tokenizer", "generation")
 DATA_KINDS = ("bad-utf8", "pairs-bad-utf8", "pairs-missing-field", "pairs-empty-lines", "pairs-not-json",
@@ -247,6 +334,17 @@ def path_value(pool: Pool, role: str) -> st.SearchStrategy[str]:
         bad = st.builds(pool.bad_data, st.sampled_from(DATA_KINDS), st.integers(0, 2**16))
         return st.one_of(st.sampled_from([str(pool.pairs), str(pool.text), str(pool.prepared)]), bad.map(str),
                          st.sampled_from(["samsum", "multi30k:validation", "owner/data", "x.csv"]), common)
+    if role == "preferences":
+        bad = st.builds(pool.bad_preferences, st.sampled_from(PREFERENCE_KINDS), st.integers(0, 2**16))
+        return st.one_of(st.just(str(pool.preferences)), st.just(str(pool.preferences)), bad.map(str),
+                         st.sampled_from([str(pool.pairs), str(pool.text), "hh-rlhf-helpful-base:nope", "a+b"]), common)
+    if role == "reward-model":
+        bad = st.builds(pool.corrupt_reward_model, st.sampled_from(["model.safetensors", "config.json", "other"]),
+                        st.sampled_from(CORRUPTIONS), st.integers(0, 2**16))
+        return st.one_of(st.just(str(pool.reward_model)), st.just(str(pool.reward_model)), bad.map(str),
+                         st.just(str(pool.model)), common)
+    if role == "scale-config":
+        return st.one_of(st.just(str(pool.scale_config)), st.builds(pool.scale_variant, yaml_value(pool)).map(str))
     if role == "out":
         return st.one_of(st.sampled_from(["out", "out/deeper", "runs/x", "."]), st.just(str(pool.binary)),
                          st.just(str(pool.folder)), st.just(str(pool.model)), common)
@@ -296,21 +394,47 @@ def base_argv(verb: str, pool: Pool) -> list[str]:
         "download": ["gpt2", "--offline"],
         "demo": ["--minutes", "0.002", "--data", str(pool.long_text), "--out", "out/demo", "--max-new-tokens", "2",
                  "--quiet"],
+        **later_verbs(pool),
     }[verb]
+
+
+FAST_ALIGN = {"out_dir": "out/run", "max_length": "24", "max_response_length": "10", "batch_size": "4",
+              "max_iters": "1", "eval_interval": "1", "warmup_iters": "0", "log_interval": "1", "device": "cpu",
+              "threads": "1"}
+
+
+def later_verbs(pool: Pool) -> dict[str, list[str]]:
+    """The quick commands of the verbs added after the fuzzer was written."""
+    model, pairs = str(pool.model), str(pool.preferences)
+    align = [*[f"--{k}={v}" for k, v in FAST_ALIGN.items()], "--quiet"]
+    return {
+        "reward": ["--init_from", model, "--data.train", pairs, "--data.val", pairs, *align],
+        "dpo": ["--init_from", model, "--data.train", pairs, "--data.val", pairs, *align],
+        "ppo": ["--init_from", model, "--reward_model", str(pool.reward_model), "--prompts", str(pool.prompts),
+                "--rollout_batch_size", "2", "--num_minibatches", "1", "--ppo_epochs", "1", "--max_new_tokens", "3",
+                "--out_dir", "out/run", "--max_iters", "1", "--eval_interval", "1", "--log_interval", "1",
+                "--sample_interval", "0", "--device", "cpu", "--threads", "1", "--quiet"],
+        "export": ["gguf", str(pool.bpe_model), "out/model.gguf", "--type", "f16"],
+        "scale": ["--config", str(pool.scale_config), "--bootstrap", "2", "--quiet"],
+    }
 
 
 ROLE_OF = {"model": "model", "path": "model", "src": "model", "base": "model", "adapter": "adapter", "dst": "out",
            "out": "out", "source": "data", "data": "data", "prompt_file": "data", "prompts": "data", "file": "data",
            "templates": "data", "train_data": "data", "config": "yaml", "out_dir": "out", "cfg:out_dir": "out",
            "cfg:data.source": "data", "cfg:data.train": "data", "cfg:data.val": "data", "cfg:init_from": "model",
-           "tokenizer": "model", "name": "name"}
+           "tokenizer": "model", "name": "name", "cfg:reward_model": "reward-model", "cfg:value_model": "reward-model",
+           "cfg:prompts": "data", "cfg:ptx_data": "data", "cfg:data.tokenizer": "model"}
+VERB_ROLES = {(verb, dest): role for verbs, dest, role in [
+    (("reward", "dpo", "ppo"), "cfg:data.train", "preferences"), (("reward", "dpo", "ppo"), "cfg:data.val", "preferences"),
+    (("ppo",), "cfg:prompts", "preferences"), (("scale",), "config", "scale-config")] for verb in verbs}
 
 
-def flag_value(action, pool: Pool, draw) -> str | None:
+def flag_value(action, pool: Pool, draw, verb: str = "") -> str | None:
     """A value for an optional flag's action (None: the flag takes none)."""
     if action.nargs == 0:
         return None
-    role = ROLE_OF.get(action.dest)
+    role = VERB_ROLES.get((verb, action.dest), ROLE_OF.get(action.dest))
     if role == "yaml":
         return str(pool.yaml_config(draw(yaml_value(pool))))
     if role == "name":
@@ -338,7 +462,7 @@ def draw_argv(verb: str, pool: Pool, draw) -> list[str]:
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     for action in draw(st.lists(st.sampled_from(options), max_size=4)):
         flag = draw(st.sampled_from(action.option_strings))
-        value = flag_value(action, pool, draw)
+        value = flag_value(action, pool, draw, verb)
         if value is None:
             argv.append(flag)
         elif draw(st.booleans()):

@@ -78,3 +78,27 @@ def test_a_model_written_over_an_existing_file(pool, verb):
 def test_evaluate_with_the_template_double_dash(pool):
     check(pool, ["evaluate", str(pool.model), "--data", str(pool.pairs), "--source-field", "text", "--target-field",
                  "summary", "--limit", "2", "--max-new-tokens", "2", "--out", "out/eval", "--template=--"], status=0)
+
+
+def test_an_export_that_fails_leaves_no_folder_it_made(pool):
+    """Was: `lmforge export gguf` of a model with a character tokenizer exited 2 but left the new folder out/
+    (fsutil.atomic_path made the parents and did not remove them when the write failed)."""
+    check(pool, ["export", "gguf", str(pool.model), "out/deeper/model.gguf"],
+          message="GGUF export writes byte-level BPE tokenizers")
+
+
+def test_a_scaling_lab_that_cannot_be_planned_leaves_no_folder(pool):
+    """Was: `lmforge scale` whose budget is too small for the sizes exited 2 but left out/lab/data/ (the
+    tokenized corpus) behind."""
+    from fuzz_cli import SCALE_LAB
+
+    config = pool.yaml_config(SCALE_LAB | {"budgets": ["2e6"], "data": {**SCALE_LAB["data"],
+                                                                      "source": str(pool.long_text)}})
+    check(pool, ["scale", "--config", str(config), "--quiet"], message="an IsoFLOP curve needs 3")
+
+
+def test_an_export_onto_a_folder_is_one_sentence(pool):
+    """Was: IsADirectoryError from os.replace (a traceback) for `lmforge export gguf MODEL FOLDER` (found by the long
+    profile)."""
+    check(pool, ["export", "gguf", str(pool.bpe_model), str(pool.folder), "--type", "f16"],
+          message=f"{pool.folder} is a folder; give the name of the file to write")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import write_text_atomic
+from lmforge.fsutil import first_missing, write_text_atomic
 from lmforge.scale.fits import Fits, Point, fit_all
 from lmforge.scale.sweep import (
     CHECK,
@@ -97,13 +98,19 @@ def run_lab(lab: LabConfig, *, check: bool | None = None, predict_compute: float
             bootstrap: int = 100, quiet: bool = False, log=None) -> LabResult:
     log = log or (lambda text: None if quiet else print(text, flush=True))
     out = Path(lab.out_dir)
+    made = first_missing(out)  # a lab that fails before its grid starts leaves no folder it made
     out.mkdir(parents=True, exist_ok=True)
-    data_folder = prepare_data(lab, log)
-    from lmforge.data.tokens import TokenData
+    try:
+        data_folder = prepare_data(lab, log)
+        from lmforge.data.tokens import TokenData
 
-    tokens = TokenData.open(data_folder)
-    manifest = tokens.manifest
-    plan = make_plan(lab, len(tokens.train), tokens.tokenizer.vocab_size)
+        tokens = TokenData.open(data_folder)
+        manifest = tokens.manifest
+        plan = make_plan(lab, len(tokens.train), tokens.tokenizer.vocab_size)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     data = {"folder": str(data_folder), "source": str(lab.data.get("source")), "files": manifest.get("files"),
             "chars": manifest.get("chars"), "tokenizer": manifest["tokenizer"], "train_tokens": len(tokens.train),
             "val_tokens": len(tokens.val)}

@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
+    verb_parser = parser.verb_parsers.get(args.verb)
+    for action in verb_parser._actions if verb_parser else []:
+        # argparse reads `--flag=--` as an empty list for a flag that takes one value
+        if action.nargs is None and isinstance(getattr(args, action.dest, None), list):
+            verb_parser.error(f"{'/'.join(action.option_strings)} needs a value, not '--'")
     if getattr(args, "_missing", None):
         print(f"lmforge: '{args._missing}' is not available in this version yet.", file=sys.stderr)
         return 2

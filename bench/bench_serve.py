@@ -204,7 +204,7 @@ def one_row(model_dir: str, new_tokens: int = 64, rounds: int = 7) -> dict:
     ckpt = lmforge.load(model_dir)
     prompt = ckpt.tokenizer.encode(PROMPTS[0])
     config = resolve_config(ckpt.model, None, ckpt.generation_config, ckpt.tokenizer, max_new_tokens=new_tokens,
-                            ignore_eos=True)
+                            ignore_eos=True, do_sample=False)  # greedy: both paths must give the same tokens
 
     def batched() -> list[int]:
         batch, request, tokens = DecodingBatch(ckpt.model, ckpt.tokenizer), BatchRequest(prompt, config), []

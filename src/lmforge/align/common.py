@@ -92,6 +92,22 @@ def load_language_model(source: str) -> tuple[nn.Module, Tokenizer, dict]:
     return checkpoint.model, checkpoint.tokenizer, dict(checkpoint.generation_config)
 
 
+def load_policy(cfg, run, resume_from) -> tuple[nn.Module, Tokenizer, dict]:
+    """The policy a DPO or PPO run trains, in training mode: init_from with the config's adapter (its weights from
+    `resume_from` when resuming), or the whole model from `resume_from` (else init_from)."""
+    from lmforge.adapt.training import prepare_training
+    from lmforge.train.loop import set_dropout
+
+    if cfg.adapter.enabled:
+        model, tokenizer, generation = load_language_model(cfg.init_from)
+        set_dropout(model, cfg.dropout)
+        run.say(prepare_training(model, cfg.adapter, cfg.init_from, tokenizer, cfg.seed, resume_from))
+    else:
+        model, tokenizer, generation = load_language_model(str(resume_from or cfg.init_from))
+        set_dropout(model, cfg.dropout)
+    return model.train(), tokenizer, generation
+
+
 def check_context(model: nn.Module, cfg, source: str) -> None:
     c = model.config
     if model.is_encoder_decoder:

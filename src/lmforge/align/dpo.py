@@ -30,7 +30,6 @@ from torch import nn
 
 from lmforge.adapt.adapters import disable_adapter
 from lmforge.adapt.config import AdapterConfig
-from lmforge.adapt.training import prepare_training
 from lmforge.align.common import (
     PairOrder,
     PreferenceDataConfig,
@@ -40,6 +39,7 @@ from lmforge.align.common import (
     encode_split,
     encoder_for,
     load_language_model,
+    load_policy,
     load_splits,
     split_rows,
 )
@@ -47,7 +47,7 @@ from lmforge.data.preferences import EncodedPair
 from lmforge.errors import LmforgeError
 from lmforge.losses import IGNORE, token_logprobs
 from lmforge.train.config import LoopConfig, adapter_checks
-from lmforge.train.loop import Run, RunResult, set_dropout, train_task
+from lmforge.train.loop import Run, RunResult, train_task
 
 LOSSES = ("sigmoid", "hinge", "ipo")
 REFERENCES = ("auto", "copy", "base", "precomputed")
@@ -172,15 +172,7 @@ class DPOTraining:
         run.say(f"DPO ({cfg.loss_type}, beta {cfg.beta:g}) against the reference: {describe_reference(self.kind)}")
 
     def policy(self, resume_from: Path | None) -> tuple[nn.Module, object, dict]:
-        cfg, run = self.config, self.run
-        if cfg.adapter.enabled:
-            model, tokenizer, generation = load_language_model(cfg.init_from)
-            set_dropout(model, cfg.dropout)
-            run.say(prepare_training(model, cfg.adapter, cfg.init_from, tokenizer, cfg.seed, resume_from))
-        else:
-            model, tokenizer, generation = load_language_model(str(resume_from or cfg.init_from))
-            set_dropout(model, cfg.dropout)
-        return model.train(), tokenizer, generation
+        return load_policy(self.config, self.run, resume_from)
 
     @contextlib.contextmanager
     def reference_model(self):

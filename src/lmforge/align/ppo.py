@@ -41,8 +41,9 @@ from torch import nn
 
 from lmforge.adapt.adapters import disable_adapter
 from lmforge.adapt.config import AdapterConfig
-from lmforge.adapt.training import prepare_training, save_weights
+from lmforge.adapt.training import save_weights
 from lmforge.align.common import load_language_model
+from lmforge.align.common import load_policy as load_trainable_policy
 from lmforge.align.reward_model import (
     ScalarHead,
     is_reward_folder,
@@ -253,15 +254,7 @@ class PPOTraining:
                 f"{'the policy with its adapter disabled' if cfg.adapter.enabled else 'a frozen copy of init_from'}")
 
     def load_policy(self, resume_from: Path | None):
-        cfg, run = self.config, self.run
-        if cfg.adapter.enabled:
-            model, tokenizer, generation = load_language_model(cfg.init_from)
-            set_dropout(model, cfg.dropout)
-            run.say(prepare_training(model, cfg.adapter, cfg.init_from, tokenizer, cfg.seed, resume_from))
-        else:
-            model, tokenizer, generation = load_language_model(str(resume_from or cfg.init_from))
-            set_dropout(model, cfg.dropout)
-        return model.train(), tokenizer, generation
+        return load_trainable_policy(self.config, self.run, resume_from)
 
     def load_reward(self):
         cfg = self.config

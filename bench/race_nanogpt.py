@@ -76,6 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nanogpt", default=os.environ.get("NANOGPT"), help="a nanoGPT checkout (or $NANOGPT)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="number of the first round (an odd one starts with lmforge: to continue an earlier run)")
     parser.add_argument("--eval-interval", type=int, default=50)
     parser.add_argument("--out", default="bench/results/race_nanogpt.json")
     parser.add_argument("--note", default="", help="what else was running, for the record")
@@ -97,7 +99,7 @@ def main() -> None:
         subprocess.run([python, "-m", "lmforge.cli.main", "prepare", str(text), "--out", str(prepared)], check=True,
                        capture_output=True, env=env)
         rounds = []
-        for i in range(args.runs):
+        for i in range(args.first_round, args.first_round + args.runs):
             nano_cmd = [python, "train.py", *NANOGPT_ARGS, f"--out_dir={tmp / f'nano-out-{i}'}"]
             ours_cmd = [python, "-m", "lmforge.cli.main", "train", "--config", str(ROOT / "configs/shakespeare-char-cpu.yaml"),
                         "--data.source", str(prepared), "--out_dir", str(tmp / f"ours-{i}"), "--eval_interval",

@@ -352,17 +352,18 @@ class PairEncoder:
         """A right-padded batch: encoder-decoder {input_ids, attention_mask, labels}; decoder-only
         {input_ids, labels} where labels are the next tokens, -100 on the prompt and the padding."""
         if self.is_encoder_decoder:
-            input_ids, mask = _right_pad([s for s, _ in pairs], self.pad_id)
-            labels, _ = _right_pad([t for _, t in pairs], -100)
+            input_ids, mask = right_pad([s for s, _ in pairs], self.pad_id)
+            labels, _ = right_pad([t for _, t in pairs], -100)
             return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
         rows = [s + t for s, t in pairs]
         targets = [[-100] * (len(s) - 1) + t + [-100] for s, t in pairs]  # position i predicts token i + 1
-        ids, _ = _right_pad([r[:-1] for r in rows], self.pad_id)
-        labels, _ = _right_pad([t[:-1] for t in targets], -100)
+        ids, _ = right_pad([r[:-1] for r in rows], self.pad_id)
+        labels, _ = right_pad([t[:-1] for t in targets], -100)
         return {"input_ids": ids.to(device), "labels": labels.to(device)}
 
 
-def _right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of rows padded on the right with `value`."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)

@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
+from lmforge.data.pairs import right_pad  # noqa: F401  (the preference tasks pad pairs as data/pairs.py pads rows)
 from lmforge.data.public import named_file
 from lmforge.data.records import iter_records, record_format
 from lmforge.errors import LmforgeError
@@ -300,17 +300,6 @@ class PreferenceEncoder:
         report.truncated_responses += cut_response
         return EncodedPair(self.prompt_prefix + prompt + self.prompt_suffix, responses[0], responses[1],
                            pair.margin, pair.weight)
-
-
-def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of rows padded on the right with `value`."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
 
 
 def load_prompts(spec: str) -> list[str]:

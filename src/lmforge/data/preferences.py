@@ -27,7 +27,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from lmforge.data.pairs import right_pad  # noqa: F401  (the preference tasks pad pairs as data/pairs.py pads rows)
 from lmforge.data.public import named_file
 from lmforge.data.records import iter_records, record_format

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from lmforge.data import stdlib_corpus
-from lmforge.data.stdlib_corpus import build_stdlib_corpus
+from lmforge.data.stdlib_corpus import build_stdlib_corpus, build_stdlib_source_corpus
 
 EOT = "<|endoftext|>"
 
@@ -60,3 +60,24 @@ def test_filters_skips_and_deduplicates(tmp_path, monkeypatch):
                     "Fruit helpers for a greengrocer who sells apples and pears.", prose]
     assert (stats.n_files, stats.n_files_skipped, stats.n_duplicates_dropped) == (2, 2, 1)
     assert build_stdlib_corpus(None).path is None
+
+
+def test_source_corpus_joins_the_files_in_path_order_in_ascii(tmp_path, monkeypatch):
+    root = tmp_path / "lib"
+    (root / "pkg").mkdir(parents=True)
+    (root / "test").mkdir()
+    (root / "b.py").write_text("\n\nx = 'caf\u00e9 \u2603'\n\n", encoding="utf-8")
+    (root / "pkg" / "a.py").write_text("def f():\n    return 1\n", encoding="utf-8")
+    (root / "latin.py").write_bytes("y = 'caf\xe9'\n".encode("latin-1"))
+    (root / "test" / "t.py").write_text("assert True\n", encoding="utf-8")
+    monkeypatch.setattr(stdlib_corpus.sysconfig, "get_paths", lambda: {"stdlib": str(root)})
+
+    stats = build_stdlib_source_corpus(tmp_path / "out.txt", separator=EOT)
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8").split(EOT) == ["x = 'caf? ?'",
+                                                                              "def f():\n    return 1"]
+    assert (stats.n_files, stats.n_files_skipped) == (2, 1)
+
+
+def test_real_source_corpus_is_several_times_the_docstrings(built):
+    stats = build_stdlib_source_corpus(None)
+    assert stats.n_chars > 4 * built[0].n_chars and stats.n_files > 100

@@ -262,7 +262,8 @@ def data_text(result) -> str:
     d = result.data
     largest = max(result.records, key=lambda r: r.plan.tokens)
     most = max(result.records, key=lambda r: r.plan.epochs)
-    source = ("the docstrings of this Python's standard library" if d["source"] == "stdlib" else d["source"])
+    source = {"stdlib": "the docstrings of this Python's standard library",
+              "stdlib-source": "the source files of this Python's standard library"}.get(d["source"], d["source"])
     tok = d["tokenizer"]
     return (f"Corpus: {source} ({d['chars']:,} characters), a {tok['kind']} tokenizer of {tok['vocab_size']:,} tokens: "
             f"{d['train_tokens']:,} training and {d['val_tokens']:,} validation tokens. Each step trains on "

@@ -38,6 +38,7 @@ from lmforge.train.config import read_yaml, to_yaml
 
 DATA, RUNS, CHECK = "data", "runs", "check"
 STDLIB = "stdlib"  # the docstrings of this Python's standard library (data/stdlib_corpus.py)
+STDLIB_SOURCE = "stdlib-source"  # that library's source files themselves, about 6 times as much text
 
 
 @dataclass
@@ -309,13 +310,15 @@ def prepare_data(lab: LabConfig, log) -> Path:
     if is_prepared(source):
         return Path(source)
     out = Path(lab.out_dir)
-    if source == STDLIB:
-        from lmforge.data.stdlib_corpus import build_stdlib_corpus
+    if source in (STDLIB, STDLIB_SOURCE):
+        from lmforge.data.stdlib_corpus import build_stdlib_corpus, build_stdlib_source_corpus
 
-        corpus = out / "corpus.txt"
+        corpus = out / ("corpus.txt" if source == STDLIB else "corpus-source.txt")
         if not corpus.is_file():
-            stats = build_stdlib_corpus(corpus, separator="\n\n<|endoftext|>\n\n")
-            log(f"corpus: the docstrings of this Python's standard library, {stats.n_docs:,} documents, "
+            build, what = ((build_stdlib_corpus, "the docstrings of") if source == STDLIB
+                           else (build_stdlib_source_corpus, "the source files of"))
+            stats = build(corpus, separator="\n\n<|endoftext|>\n\n")
+            log(f"corpus: {what} this Python's standard library, {stats.n_docs:,} documents, "
                 f"{stats.n_chars:,} characters")
         source = str(corpus)
     folder = out / DATA

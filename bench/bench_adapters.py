@@ -92,6 +92,8 @@ METHODS = {  # name -> (config overrides, learning rate)
     "full": ({}, 3e-4),
     "lora-r8": ({"adapter.method": "lora", "adapter.r": 8, "adapter.alpha": 16}, 2e-3),
     "lora-r16": ({"adapter.method": "lora", "adapter.r": 16, "adapter.alpha": 32}, 2e-3),
+    "lora-all-r16": ({"adapter.method": "lora", "adapter.r": 16, "adapter.alpha": 32, "adapter.targets": "all-linear"},
+                     2e-3),
     "prefix": ({"adapter.method": "prefix", "adapter.num_virtual_tokens": 16, "adapter.init": "text",
                 "adapter.init_text": "Summarize the dialogue in one or two sentences."}, 3e-3),
     "prompt": ({"adapter.method": "prompt", "adapter.num_virtual_tokens": 16, "adapter.init": "text",
@@ -101,9 +103,12 @@ METHODS = {  # name -> (config overrides, learning rate)
 
 def adapt_config(method: str, minutes: float, gen_examples: int) -> dict:
     overrides, lr = METHODS[method]
+    # prefix and prompt tuning's virtual tokens take part of the 384-token context: their dialogues are cut at
+    # 320 - 16 tokens (longer ones are dropped, as for the other methods at 320)
+    virtual = overrides.get("adapter.num_virtual_tokens", 0)
     return {"out_dir": str(RUNS / f"samsum-{method}"), "init_from": str(RUNS / "base" / "best"),
             "data.train": "samsum:train", "data.val": "samsum:validation", "data.template": TEMPLATE,
-            "data.max_source_length": 320, "data.max_target_length": 64, "data.too_long": "drop",
+            "data.max_source_length": 320 - virtual, "data.max_target_length": 64, "data.too_long": "drop",
             "model.dropout": 0.0, "max_iters": None, "max_minutes": minutes, "learning_rate": lr, "min_lr": lr / 10,
             "warmup_iters": 30, "weight_decay": 0.0, "label_smoothing": 0.0, "batch_tokens": 3072,
             "max_batch_size": 16, "eval_minutes": max(minutes / 3, 1), "eval_examples": 200, "gen_examples": gen_examples,
@@ -160,11 +165,13 @@ def trainable_parameters(method: str) -> dict:
 def adapt(args: argparse.Namespace) -> None:
     """Each method in turn; the results file is rewritten after each, so an interrupted series keeps what ran."""
     data_root()
-    rows = []
+    path = here / "results" / f"adapters_samsum_cpu_{args.minutes:g}min.json"
+    # the methods run before with this budget stay in the file (a later call may add one), in METHODS' order
+    rows = json.loads(path.read_text())["runs"] if path.is_file() else []
     for method in args.methods:
-        rows.append(run_method(method, args))
+        rows = [r for r in rows if r["method"] != method] + [run_method(method, args)]
+        rows.sort(key=lambda r: list(METHODS).index(r["method"]))
         record = summarize(rows, args)
-        path = here / "results" / f"adapters_samsum_cpu_{args.minutes:g}min.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

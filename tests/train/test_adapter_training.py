@@ -117,6 +117,20 @@ def test_prompt_completion_with_virtual_tokens_through_the_cli(method, tmp_path,
     assert rc == 0
 
 
+def test_virtual_tokens_count_against_the_context_before_training(tmp_path, qa_base, capsys):
+    """56 + 8 tokens fit the tiny model's 64 positions, but not with 4 virtual tokens in front: refused up front,
+    not at the first long batch."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QA), encoding="utf-8")
+    rc = main(["finetune", "--quiet", "--out_dir", str(tmp_path / "run"), "--init_from", str(qa_base),
+               "--data.train", str(data), "--data.val", str(data), "--data.source_field", "question",
+               "--data.target_field", "answer", "--data.max_source_length", "56", "--data.max_target_length", "8", "--adapter.method", "prompt",
+               "--adapter.num_virtual_tokens", "4", "--max_iters", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "and the adapter's 4 virtual tokens are longer than the context" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run" / "best").exists()
+
+
 def test_seq2seq_lora_finetune(tmp_path):
     from hf_models import save_tiny_seq2seq
 

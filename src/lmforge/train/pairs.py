@@ -232,9 +232,14 @@ def check_lengths(model: nn.Module, cfg: FinetuneConfig, source: str) -> None:
         if c.position == "learned" and cfg.gen_examples and 1 + cfg.max_new_tokens > c.max_position_embeddings:
             raise LmforgeError(f"max_new_tokens ({cfg.max_new_tokens}) does not fit the decoder positions of {source} "
                                f"({c.max_position_embeddings}, one taken by the start token); lower max_new_tokens")
-    elif d.max_source_length + d.max_target_length > c.block_size:
-        raise LmforgeError(f"data.max_source_length + data.max_target_length ({d.max_source_length + d.max_target_length}"
-                           f") is longer than the context of {source} ({c.block_size}); lower them")
+    else:
+        # prefix and prompt tuning put their virtual tokens in front of every sequence, inside the context
+        virtual = cfg.adapter.num_virtual_tokens if cfg.adapter.method in ("prefix", "prompt") else 0
+        if d.max_source_length + d.max_target_length + virtual > c.block_size:
+            raise LmforgeError(
+                f"data.max_source_length + data.max_target_length ({d.max_source_length + d.max_target_length}"
+                + (f") and the adapter's {virtual} virtual tokens" if virtual else ")")
+                + f" are longer than the context of {source} ({c.block_size}); lower them")
 
 
 Pairs = list[tuple[list[int], list[int]]]

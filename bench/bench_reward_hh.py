@@ -71,7 +71,7 @@ def main() -> None:
     test = evaluate_reward_model(model, tokenizer, TEST, config.max_length, config.max_response_length)
     baseline = length_baseline(TEST)
     curve = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    init = "scratch" if config.init_from == "scratch" else Path(config.init_from).name
+    init = "scratch" if config.init_from == "scratch" else "pretrained"
     record = {
         "command": "python bench/bench_reward_hh.py " + " ".join(sys.argv[1:]),
         "date": began.isoformat(timespec="seconds"),

@@ -125,6 +125,22 @@ def test_a_failed_run_is_reported_and_the_rest_go_on(tmp_path, corpus, monkeypat
     assert f"{plan.runs[1].name} failed: RuntimeError: out of luck" in capsys.readouterr().out
 
 
+def test_runs_of_another_corpus_are_moved_aside_not_read_back(tmp_path, corpus, capsys):
+    """The run folders are named by shape and budget only: after the corpus changes, a finished run of the old
+    one must neither be read back nor resumed (the lab's recipe once picked up three that way)."""
+    lab = sweep.load_lab_config(lab_config(tmp_path, corpus))
+    sweep.prepare_data(lab, print)
+    old_run = tmp_path / "lab" / "runs" / "L1-E8-C2.00e07" / "last"
+    old_run.mkdir(parents=True)
+    assert sweep.prepare_data(lab, print) and old_run.is_dir()  # the same corpus: nothing moves
+    other = tmp_path / "other.txt"
+    other.write_text(open(corpus, encoding="utf-8").read()[::-1], encoding="utf-8")
+    sweep.prepare_data(sweep.load_lab_config(lab_config(tmp_path, str(other))), print)
+    aside = list((tmp_path / "lab").glob("runs-before-*"))
+    assert len(aside) == 1 and (aside[0] / "L1-E8-C2.00e07" / "last").is_dir() and not old_run.exists()
+    assert "the corpus changed: the runs of the previous one moved to" in capsys.readouterr().out
+
+
 def test_ctrl_c_stops_the_sweep_and_keeps_the_finished_runs(tmp_path, corpus, monkeypatch):
     run, calls = fake_training(interrupt_at=3)
     monkeypatch.setattr(sweep, "run_in_process", run)

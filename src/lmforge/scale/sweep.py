@@ -326,6 +326,12 @@ def prepare_data(lab: LabConfig, log) -> Path:
                "val_fraction": float(d.get("val_fraction", 0.05)), "text_field": d.get("text_field", "text"),
                "errors": d.get("errors", "strict")}
     if not (is_prepared(folder) and TokenData.open(folder).manifest.get("request") == request):
+        # runs trained on another corpus must be neither read back nor resumed: they move aside, kept
+        for stale in (out / RUNS, out / CHECK):
+            if stale.is_dir() and any(stale.iterdir()):
+                aside = stale.with_name(f"{stale.name}-before-{time.strftime('%Y%m%d-%H%M%S')}")
+                stale.rename(aside)
+                log(f"the corpus changed: the runs of the previous one moved to {aside}")
         prepare(log=log, **request, out_dir=folder)
     return folder
 

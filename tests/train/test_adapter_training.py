@@ -124,7 +124,8 @@ def test_virtual_tokens_count_against_the_context_before_training(tmp_path, qa_b
     data.write_text("".join(json.dumps(r) + "\n" for r in QA), encoding="utf-8")
     rc = main(["finetune", "--quiet", "--out_dir", str(tmp_path / "run"), "--init_from", str(qa_base),
                "--data.train", str(data), "--data.val", str(data), "--data.source_field", "question",
-               "--data.target_field", "answer", "--data.max_source_length", "56", "--data.max_target_length", "8", "--adapter.method", "prompt",
+               "--data.target_field", "answer", "--data.max_source_length", "56", "--data.max_target_length", "8",
+               "--adapter.method", "prompt",
                "--adapter.num_virtual_tokens", "4", "--max_iters", "2", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "and the adapter's 4 virtual tokens are longer than the context" in err, err

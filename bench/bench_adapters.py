@@ -9,8 +9,10 @@
 of Multi30k's train split, the dialogues of SAMSum's train split: text lmforge reads offline) and trains the
 base of configs/adapt-base-cpu.yaml on it (60 minutes). `adapt` fine-tunes that base on SAMSum as
 prompt -> completion (`Dialogue: ...\\nSummary:` -> the summary) for the same wall-clock budget with each
-method: full fine-tuning, LoRA r 8 and r 16, prefix tuning, prompt tuning; it records the validation loss
-(and the base's, before any training), ROUGE-1/2/L on validation dialogues, trainable parameters, the peak
+method: full fine-tuning, LoRA r 8 and r 16 on q_proj,v_proj, LoRA r 4 and r 16 on every linear layer, prefix
+tuning, prompt tuning (`--methods` picks some; a rerun keeps the other methods' rows of the same budget); it
+records the validation loss (and the base's, before any training), ROUGE-1/2/L on validation dialogues,
+trainable parameters, the peak
 resident memory of each training process and its training tokens/s, in bench/results/adapters_samsum_cpu.json.
 Each method trains in its own process, one after the other, so that peak memory is its own. `speed` times LoRA
 training steps of the base's shape (random weights) in lmforge, eager and compiled, and in transformers + PEFT,
@@ -92,6 +94,8 @@ METHODS = {  # name -> (config overrides, learning rate)
     "full": ({}, 3e-4),
     "lora-r8": ({"adapter.method": "lora", "adapter.r": 8, "adapter.alpha": 16}, 2e-3),
     "lora-r16": ({"adapter.method": "lora", "adapter.r": 16, "adapter.alpha": 32}, 2e-3),
+    "lora-all-r4": ({"adapter.method": "lora", "adapter.r": 4, "adapter.alpha": 8, "adapter.targets": "all-linear"},
+                    2e-3),
     "lora-all-r16": ({"adapter.method": "lora", "adapter.r": 16, "adapter.alpha": 32, "adapter.targets": "all-linear"},
                      2e-3),
     "prefix": ({"adapter.method": "prefix", "adapter.num_virtual_tokens": 16, "adapter.init": "text",

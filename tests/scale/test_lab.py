@@ -64,6 +64,8 @@ def test_a_tiny_grid_end_to_end_then_read_back(tmp_path, corpus, capsys):
     assert prediction["compute"] == pytest.approx(1.2e8) and check["status"] == "trained"
     assert prediction["measured"] == pytest.approx(check["val_loss"])
     assert prediction["error"] == pytest.approx(check["val_loss"] - prediction["loss"])
+    assert prediction["loss_from"] == "frontier" and prediction["loss"] == prediction["loss_frontier"]
+    assert prediction["error_parametric"] == pytest.approx(check["val_loss"] - prediction["loss_parametric"])
     assert result["largest_run_epochs"] == max(r["epochs"] for r in runs)
     fits = result["fits"]
     assert fits["parametric"]["alpha"] > 0 and len(fits["isoflop"]["parabolas"]) == 3

@@ -305,8 +305,9 @@ def frontier_points(points: list[Point], isoflop: IsoFlop | None = None) -> tupl
 
 def fit_all(points: list[Point], bootstrap: int = 100, seed: int = 0,
             extra: dict | None = None) -> Fits:
-    """Every fit of `points`, and bootstrap intervals for the exponents and for each `extra` quantity,
-    a function of (isoflop, parametric) (e.g. the predicted loss of a run)."""
+    """Every fit of `points`, and bootstrap intervals for the exponents and for each `extra` quantity (a function
+    of a bootstrap sample's IsoFLOP, parametric and frontier fits, the last None where it has none; e.g. the
+    predicted loss of a run)."""
     notes = []
     isoflop = fit_isoflop(points)
     if isoflop.a is None:
@@ -345,14 +346,16 @@ def _bootstrap(points: list[Point], fits: Fits, samples: int, seed: int, extra: 
             add(f"parametric.{name}", getattr(par, name))
         add("isoflop.a", iso.a)
         add("isoflop.b", iso.b)
+        frontier = None
         if fits.frontier is not None:
             compute, losses = frontier_points(pick, iso)
             if len(compute) >= 3:
-                add("frontier.a", fit_frontier(compute, losses).a)
+                frontier = fit_frontier(compute, losses)
+                add("frontier.a", frontier.a)
         for name, function in extra.items():
             try:
-                add(name, function(iso, par))
-            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+                add(name, function(iso, par, frontier))
+            except (AttributeError, TypeError, ValueError, ZeroDivisionError, OverflowError):
                 continue
     intervals = {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
                  for name, v in values.items() if len(v) >= 10}

@@ -182,7 +182,7 @@ def plot_prediction(result, path: Path) -> None:
     plt = _plt()
     p = result.prediction
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    labels, values = ["parametric\nL(N, D)", "frontier\nL(C)"], [p.get("loss"), p.get("loss_frontier")]
+    labels, values = ["parametric\nL(N, D)", "frontier\nL(C)"], [p.get("loss_parametric"), p.get("loss_frontier")]
     colors = ["#d62728", "#9467bd"]
     if p.get("measured") is not None:
         labels.append("measured")
@@ -192,10 +192,11 @@ def plot_prediction(result, path: Path) -> None:
     for i, (_lab, v, c) in enumerate(shown):
         ax.plot(i, v, "o", color=c, ms=9)
         ax.annotate(f"{v:.4f}", (i, v), textcoords="offset points", xytext=(10, -3), fontsize=9)
-    interval = p.get("loss_interval")
-    if interval:
-        ax.errorbar([0], [p["loss"]], yerr=[[p["loss"] - interval[0]], [interval[1] - p["loss"]]], fmt="none",
-                    color="#d62728", capsize=6)
+    for i, (_lab, v, c) in enumerate(shown):
+        kind = {"#d62728": "parametric", "#9467bd": "frontier"}.get(c)
+        interval = p.get(f"loss_interval_{kind}") if kind else None
+        if interval:
+            ax.errorbar([i], [v], yerr=[[v - interval[0]], [interval[1] - v]], fmt="none", color=c, capsize=6)
     ax.set_xticks(range(len(shown)), [s[0] for s in shown])
     ax.set_xlim(-0.5, len(shown) - 0.3)
     ax.set_ylabel("validation loss (nats/token)")
@@ -258,6 +259,11 @@ RUN_HEADER = ["run", "layers×width", "parameters", "tokens", "compute (FLOPs)",
 EXPONENT_HEADER = ["quantity", "ours [95 % bootstrap]", "Kaplan 2020", "Chinchilla 2022", "Besiroglu 2024"]
 
 
+HEADLINE = {"frontier": "compute-efficient frontier L(C) (fitted to the best run of each budget, as the GPT-4 report "
+                        "predicted its final loss from compute)",
+            "parametric": "parametric fit L(N, D)"}
+
+
 def data_text(result) -> str:
     d = result.data
     largest = max(result.records, key=lambda r: r.plan.tokens)
@@ -285,14 +291,17 @@ def reading(result) -> str:
              f"layer(s) × {run['shape']['n_embd']} wide) on {run['tokens']:,} tokens, about "
              f"{run['tokens'] / run['parameters']:.1f} tokens per parameter (Chinchilla: about 20). By the "
              f"{p['size_from']}, N_opt = {p['n_opt']:,.0f}; the shape is the one of the depth/width rule closest "
-             f"to it. The parametric fit expects a validation loss of {p['loss']:.4f} nats"
+             f"to it. The {HEADLINE[p['loss_from']]} expects a validation loss of {p['loss']:.4f} nats"
              + (f" (95 % bootstrap interval {interval[0]:.4f} to {interval[1]:.4f})" if interval else "")
-             + (f", the frontier {p['loss_frontier']:.4f}." if p.get("loss_frontier") is not None else ".")]
+             + (f"; the parametric fit L(N, D) expects {p['loss_parametric']:.4f} of this run."
+                if p["loss_from"] == "frontier" and p.get("loss_parametric") is not None else ".")]
     if p.get("measured") is not None:
         inside = interval and interval[0] <= p["measured"] <= interval[1]
         parts.append(f"Trained, it measured {p['measured']:.4f}: the prediction was off by {p['error']:+.4f} nats "
                      f"({'inside' if inside else 'outside'} the interval; the GPT-4 report's bar at our scale is "
-                     f"0.03 nats, {'met' if abs(p['error']) <= 0.03 else 'missed'}).")
+                     f"0.03 nats, {'met' if abs(p['error']) <= 0.03 else 'missed'})"
+                     + (f"; the parametric fit was off by {p['error_parametric']:+.4f}."
+                        if p["loss_from"] == "frontier" and p.get("error_parametric") is not None else "."))
     if fits.isoflop.a is not None:
         parts.append(f"Loss-optimal size grows as C^{fits.isoflop.a:.2f} and data as C^{fits.isoflop.b:.2f} here; "
                      "Chinchilla found both near 0.5 (grow model and data alike), Kaplan et al. 0.73 and 0.27 "

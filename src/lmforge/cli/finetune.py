@@ -16,9 +16,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = run_config.load_from_args(args, FinetuneConfig)
     result = finetune(config, resume=args.resume, quiet=args.quiet)
-    value = "n/a" if result.best_value is None else f"{result.best_value:.4f}"
-    print(f"best {result.best_metric} {value} at iter {result.best_iter}: {result.best_dir}")
-    print(f"metrics: {result.run_dir / 'metrics.jsonl'}, loss curve: {result.run_dir / 'loss.png'}")
-    model = f"{config.init_from} --adapter {result.best_dir}" if config.adapter.enabled else result.best_dir
-    print(f"evaluate with: lmforge evaluate {model} --data {config.data.val}")
-    return 130 if result.stopped == "interrupted" else 0
+    return run_config.finish(result, f"metrics: {result.run_dir / 'metrics.jsonl'}, loss curve: {result.run_dir / 'loss.png'}",
+                             f"evaluate with: lmforge evaluate {run_config.trained_model(config, result)} "
+                             f"--data {config.data.val}")

@@ -19,8 +19,5 @@ def run(args: argparse.Namespace) -> int:
 
     config = run_config.load_from_args(args, RewardConfig)
     result = train_reward(config, resume=args.resume, quiet=args.quiet)
-    value = "n/a" if result.best_value is None else f"{result.best_value:.4f}"
-    print(f"best {result.best_metric} {value} at iter {result.best_iter}: {result.best_dir}")
-    print(f"metrics: {result.run_dir / 'metrics.jsonl'}; score a text with: lmforge score {result.best_dir} "
-          "--text TEXT --json")
-    return 130 if result.stopped == "interrupted" else 0
+    return run_config.finish(result, f"metrics: {result.run_dir / 'metrics.jsonl'}; score a text with: lmforge score "
+                                     f"{result.best_dir} --text TEXT --json")

@@ -52,3 +52,18 @@ def load_from_args(args: argparse.Namespace, config_class: type[LoopConfig]) -> 
         saved = Path(out_dir) / RUN_CONFIG
         config_path = saved if saved.is_file() else None
     return config_class.load(config_path, overrides)
+
+
+def finish(result, *lines: str) -> int:
+    """Print where a training verb's best checkpoint is and the `lines` saying what to do next; the exit status
+    (130 when the run was interrupted)."""
+    value = "n/a" if result.best_value is None else f"{result.best_value:.4f}"
+    print(f"best {result.best_metric} {value} at iter {result.best_iter}: {result.best_dir}")
+    for line in lines:
+        print(line)
+    return 130 if result.stopped == "interrupted" else 0
+
+
+def trained_model(config: LoopConfig, result) -> str:
+    """The model of a run's best checkpoint as the other verbs take it: the folder, or the base with the adapter."""
+    return f"{config.init_from} --adapter {result.best_dir}" if config.adapter.enabled else str(result.best_dir)
